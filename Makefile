@@ -1,0 +1,29 @@
+# Two entry points (see README): `make main` and `make test`. Both set up ./.venv first.
+PY      := .venv/bin/python
+TORCH   := torch==2.13.0
+STAMP   := .venv/.installed
+
+.PHONY: setup main test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and exactly pinned: the CPU build on this machine's disk, never a CUDA download.
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+main: $(STAMP)
+	.venv/bin/roformer decay --dim 128 --max-distance 256 --out runs/decay
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_rope_encoder.py
+
+clean:
+	rm -rf .venv runs

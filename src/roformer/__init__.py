@@ -1,0 +1,36 @@
+"""roformer: RoFormer and rotary position embedding (Su et al., "RoFormer: Enhanced Transformer with Rotary
+Position Embedding", arXiv 2104.09864)."""
+
+from .attention import KVCache, MultiHeadAttention
+from .models import (
+    ModelOutput,
+    RoFormerConfig,
+    RoFormerForCausalLM,
+    RoFormerForMaskedLM,
+    RoFormerForMultipleChoice,
+    RoFormerForQuestionAnswering,
+    RoFormerForSequenceClassification,
+    RoFormerForTokenClassification,
+    RoFormerModel,
+)
+from .rope import RotaryEmbedding, apply_rotary, permute_rotary_layout, relative_upper_bound
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RotaryEmbedding",
+    "apply_rotary",
+    "permute_rotary_layout",
+    "relative_upper_bound",
+    "KVCache",
+    "MultiHeadAttention",
+    "ModelOutput",
+    "RoFormerConfig",
+    "RoFormerModel",
+    "RoFormerForMaskedLM",
+    "RoFormerForCausalLM",
+    "RoFormerForSequenceClassification",
+    "RoFormerForTokenClassification",
+    "RoFormerForQuestionAnswering",
+    "RoFormerForMultipleChoice",
+]

@@ -1,0 +1,130 @@
+"""Multi-head self-attention with RoPE on queries and keys (paper Eq. 16), through PyTorch's fused
+``scaled_dot_product_attention``.
+
+    Attention(Q, K, V)_m = sum_n softmax_n( (R_m W_q x_m)^T (R_n W_k x_n) / sqrt(d) ) W_v x_n        (Eq. 16)
+
+The rotation goes on q and k after the projection and before the product, so the scores carry the relative
+position n - m only. Keys are cached already rotated, so decoding with a KV cache rotates each new token
+once, at its own position.
+
+Masks are additive float biases (0 to attend, the dtype's lowest value not to), as HuggingFace uses:
+a row with nothing to attend to (a padded query under a causal mask) then gets a finite uniform average
+instead of NaN, and NaN can never leak into real tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rope import apply_rotary
+
+__all__ = ["KVCache", "MultiHeadAttention", "attention_bias"]
+
+
+class KVCache:
+    """Rotated keys and values of the positions seen so far, one entry per layer.
+
+    ``seq_len`` is a plain Python int (the number of cached positions), read by the model once per forward
+    pass to place the new tokens after the cached ones.
+    """
+
+    def __init__(self, num_layers: int):
+        self.keys: list[Tensor | None] = [None] * num_layers
+        self.values: list[Tensor | None] = [None] * num_layers
+        self.seq_len = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat((self.keys[layer], k), dim=-2)
+            v = torch.cat((self.values[layer], v), dim=-2)
+        self.keys[layer], self.values[layer] = k, v
+        if layer == len(self.keys) - 1:
+            self.seq_len = k.shape[-2]
+        return k, v
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
+
+
+def attention_bias(
+    padding_mask: Tensor | None, q_len: int, k_len: int, causal: bool, dtype: torch.dtype, device=None
+) -> Tensor | None:
+    """Additive attention bias broadcastable to (batch, heads, q_len, k_len), or None when nothing is masked.
+
+    ``padding_mask`` is (batch, k_len), nonzero/True where a key is a real token. With ``causal``, query i
+    (at absolute position k_len - q_len + i, after any cached positions) sees keys up to its own position.
+    """
+    allowed = None
+    if padding_mask is not None:
+        if padding_mask.ndim != 2 or padding_mask.shape[-1] != k_len:
+            raise ValueError(
+                f"attention_mask must be (batch, {k_len}) covering cached and new tokens, "
+                f"got {tuple(padding_mask.shape)}"
+            )
+        allowed = padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    if causal:
+        q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        causal_allowed = q_pos >= torch.arange(k_len, device=device)
+        allowed = causal_allowed if allowed is None else allowed & causal_allowed
+    if allowed is None:
+        return None
+    return torch.zeros((), dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with a fused q/k/v projection, RoPE on q and k (and on v with ``rotary_value``), and
+    an optional KV cache. Tensors are ``(batch, seq, hidden)`` outside and ``(batch, heads, seq, head_dim)``
+    inside."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        rotary_value: bool = False,
+        interleaved: bool = True,
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.dropout, self.rotary_value, self.interleaved = dropout, rotary_value, interleaved
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        bias: Tensor | None = None,
+        is_causal: bool = False,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """``rope``: the (cos, sin) of this block's positions (``RotaryEmbedding.cos_sin``), or None for no
+        rotation. ``bias``: from :func:`attention_bias`. ``is_causal`` is only a fast path for an unpadded,
+        uncached causal block; a causal mask otherwise goes in ``bias``."""
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(2)
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rotary(q, cos, sin, self.interleaved)
+            k = apply_rotary(k, cos, sin, self.interleaved)
+            if self.rotary_value:
+                v = apply_rotary(v, cos, sin, self.interleaved)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and bias is None,
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, seq, -1))

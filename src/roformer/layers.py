@@ -1,0 +1,86 @@
+"""Transformer building blocks: the position-wise feed-forward network and the residual block."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import KVCache, MultiHeadAttention
+
+__all__ = ["ACTIVATIONS", "FeedForward", "TransformerBlock"]
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact erf GELU, as BERT/RoFormer checkpoints use
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": F.tanh,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = down(act(up(x)))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.up = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention and FFN sub-layers, each with a residual connection and LayerNorm.
+
+    ``norm_first=False`` is the post-LayerNorm block of BERT and RoFormer: x = LN(x + sublayer(x)).
+    ``norm_first=True`` is the pre-LayerNorm block of GPT-2 and later: x = x + sublayer(LN(x)).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        act: str = "gelu",
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        norm_first: bool = False,
+        rotary_value: bool = False,
+        interleaved: bool = True,
+    ):
+        super().__init__()
+        self.attn = MultiHeadAttention(
+            hidden_size, num_heads, attention_dropout, rotary_value=rotary_value, interleaved=interleaved
+        )
+        self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.ffn = FeedForward(hidden_size, intermediate_size, act)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(
+        self,
+        x: Tensor,
+        rope=None,
+        bias: Tensor | None = None,
+        is_causal: bool = False,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        if self.norm_first:
+            x = x + self.dropout(self.attn(self.attn_norm(x), rope, bias, is_causal, kv_cache, layer))
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, rope, bias, is_causal, kv_cache, layer)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))

@@ -1,0 +1,172 @@
+"""Checkpoints interchangeable with HuggingFace ``transformers``' RoFormer.
+
+A saved model directory holds ``config.json`` and ``model.safetensors`` with HuggingFace's parameter
+names. The names differ from ours in three ways, all in ``_RENAMES`` / the q-k-v split below:
+- shorter module names here (``layers.3.attn_norm`` for ``encoder.layer.3.attention.output.LayerNorm``);
+- one fused q/k/v projection here, three (``query``, ``key``, ``value``) there;
+- HuggingFace stores a sinusoid table ``encoder.embed_positions`` from which it reads RoPE's cos/sin; we
+  compute those on the fly (no maximum length) and write the table only so that it loads without warnings.
+Tied weights (the MLM decoder and the word embeddings) are stored once, as HuggingFace 5 does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..io import atomic_write
+from .roformer import RoFormerConfig, RoFormerModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["to_hf_state_dict", "from_hf_state_dict", "save_pretrained", "from_pretrained"]
+
+# (our name prefix, HuggingFace name prefix); "{i}" is a layer index. Names not listed are the same.
+_RENAMES = [
+    ("roformer.word_embeddings.", "roformer.embeddings.word_embeddings."),
+    ("roformer.token_type_embeddings.", "roformer.embeddings.token_type_embeddings."),
+    ("roformer.embedding_norm.", "roformer.embeddings.LayerNorm."),
+    ("roformer.embedding_project.", "roformer.embeddings_project."),
+    ("roformer.layers.{i}.attn.out.", "roformer.encoder.layer.{i}.attention.output.dense."),
+    ("roformer.layers.{i}.attn_norm.", "roformer.encoder.layer.{i}.attention.output.LayerNorm."),
+    ("roformer.layers.{i}.ffn.up.", "roformer.encoder.layer.{i}.intermediate.dense."),
+    ("roformer.layers.{i}.ffn.down.", "roformer.encoder.layer.{i}.output.dense."),
+    ("roformer.layers.{i}.ffn_norm.", "roformer.encoder.layer.{i}.output.LayerNorm."),
+    ("lm_head.transform.", "cls.predictions.transform.dense."),
+    ("lm_head.norm.", "cls.predictions.transform.LayerNorm."),
+    ("lm_head.decoder.", "cls.predictions.decoder."),
+    ("lm_head.bias", "cls.predictions.bias"),
+]
+_QKV_OURS = re.compile(r"^roformer\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_QKV_HF = re.compile(r"^roformer\.encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+_HF_POSITIONS = "roformer.encoder.embed_positions.weight"
+_HF_DECODER_BIAS = "cls.predictions.decoder.bias"
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(re.escape("{i}"), r"(\d+)"))
+
+
+_TO_HF = [(_pattern(ours), hf) for ours, hf in _RENAMES]
+_FROM_HF = [(_pattern(hf), ours) for ours, hf in _RENAMES]
+
+
+def _rename(name: str, to_hf: bool) -> str:
+    for pattern, target in _TO_HF if to_hf else _FROM_HF:
+        m = pattern.match(name)
+        if m:
+            if m.groups():
+                target = target.replace("{i}", m.group(1))
+            return target + name[m.end():]
+    return name
+
+
+def _hf_sinusoid_table(config: RoFormerConfig) -> Tensor:
+    """The table HuggingFace keeps in ``embed_positions``: sin(m theta) in the first half of each row,
+    cos(m theta) in the second."""
+    from ..rope import rotary_cos_sin
+
+    cos, sin = rotary_cos_sin(torch.arange(config.max_position_embeddings), config.head_dim)
+    return torch.cat((sin, cos), dim=-1)
+
+
+def to_hf_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Our state dict under HuggingFace's names (a headless ``RoFormerModel`` gets no ``roformer.``
+    prefix, as in HuggingFace)."""
+    config: RoFormerConfig = model.config
+    bare = isinstance(model, RoFormerModel)
+    out: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        name = "roformer." + name if bare else name
+        if name == "lm_head.decoder.weight" and config.tie_word_embeddings:
+            continue  # stored once, as the word embeddings
+        m = _QKV_OURS.match(name)
+        if m:
+            layer, kind = m.groups()
+            for part, chunk in zip(("query", "key", "value"), tensor.chunk(3, dim=0), strict=True):
+                out[f"roformer.encoder.layer.{layer}.attention.self.{part}.{kind}"] = chunk.clone()
+        else:
+            out[_rename(name, to_hf=True)] = tensor.detach().clone()
+    out[_HF_POSITIONS] = _hf_sinusoid_table(config)
+    if bare:
+        out = {k.removeprefix("roformer."): v for k, v in out.items()}
+    return out
+
+
+def from_hf_state_dict(state: dict[str, Tensor], bare: bool) -> dict[str, Tensor]:
+    """HuggingFace names to ours. Accepts checkpoints with or without the ``roformer.`` prefix and the
+    older layout that stores the tied decoder weight and bias too."""
+    if not any(k.startswith("roformer.") for k in state):
+        state = {"roformer." + k: v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for name, tensor in state.items():
+        if name == _HF_POSITIONS:
+            continue  # recomputed by RotaryEmbedding, for any length
+        if name == _HF_DECODER_BIAS:
+            out.setdefault("lm_head.bias", tensor)
+            continue
+        m = _QKV_HF.match(name)
+        if m:
+            layer, part, kind = m.groups()
+            qkv.setdefault((layer, kind), {})[part] = tensor
+            continue
+        out[_rename(name, to_hf=False)] = tensor
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ValueError(f"layer {layer} {kind}: checkpoint has only {sorted(parts)} of query/key/value")
+        out[f"roformer.layers.{layer}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in ("query", "key", "value")])
+    if bare:
+        out = {k.removeprefix("roformer."): v for k, v in out.items() if k.startswith("roformer.")}
+    return out
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in to_hf_state_dict(model).items()}
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    model.config.save(directory, architecture=type(model).__name__)
+
+
+def _read_weights(directory: Path) -> dict[str, Tensor]:
+    st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if st.is_file():
+        return load_file(st)
+    if pt.is_file():
+        return torch.load(pt, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no model.safetensors (or pytorch_model.bin) in {directory}")
+
+
+def from_pretrained(cls, directory: str | Path, **config_overrides):
+    directory = Path(directory)
+    config = RoFormerConfig.load(directory)
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"RoFormerConfig has no field {key!r}")
+        setattr(config, key, value)
+    config.__post_init__()
+    model = cls(config)
+    state = from_hf_state_dict(_read_weights(directory), bare=cls is RoFormerModel)
+    expected = model.state_dict()
+    if config.tie_word_embeddings:
+        state.pop("lm_head.decoder.weight", None)
+    for name, tensor in state.items():
+        if name in expected and expected[name].shape != tensor.shape:
+            raise ValueError(
+                f"{directory}: {name} has shape {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(expected[name].shape)} in a model built from its config.json"
+            )
+    state = {k: v for k, v in state.items() if k in expected}
+    missing, _ = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.decoder.weight" and config.tie_word_embeddings)]
+    if any(k.startswith("roformer.") or cls is RoFormerModel for k in missing):
+        raise ValueError(f"{directory}: the checkpoint lacks encoder weights: {missing}")
+    if missing:
+        log.warning("%s: newly initialised (not in the checkpoint): %s", cls.__name__, ", ".join(missing))
+    return model

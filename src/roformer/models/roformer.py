@@ -1,0 +1,451 @@
+"""The RoFormer encoder (paper §3.4, §4.2) and its task heads.
+
+RoFormer is BERT with the absolute position embeddings removed and RoPE applied to the queries and keys of
+every self-attention layer: word + token-type embeddings, LayerNorm, then post-LayerNorm Transformer blocks
+with GELU. The module tree differs from HuggingFace's (a fused q/k/v projection, shorter names) but the
+parameters are the same ones; ``hf_interop`` maps the names, so checkpoints are interchangeable with
+``transformers.RoFormer*`` (``from_pretrained`` / ``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import KVCache, attention_bias
+from ..layers import TransformerBlock, activation
+from ..rope import RotaryEmbedding
+
+__all__ = [
+    "RoFormerConfig",
+    "ModelOutput",
+    "RoFormerModel",
+    "RoFormerForMaskedLM",
+    "RoFormerForCausalLM",
+    "RoFormerForSequenceClassification",
+    "RoFormerForTokenClassification",
+    "RoFormerForQuestionAnswering",
+    "RoFormerForMultipleChoice",
+]
+
+
+@dataclass
+class RoFormerConfig:
+    """Hyper-parameters; field names and defaults follow ``transformers.RoFormerConfig`` (whose defaults are
+    the Chinese base model's) so a HuggingFace config.json reads and writes unchanged."""
+
+    vocab_size: int = 50000
+    embedding_size: int | None = None  # None: equal to hidden_size (then no embeddings projection)
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 1536  # kept for HuggingFace; RoPE itself has no maximum length
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    rotary_value: bool = False
+    is_decoder: bool = False
+    tie_word_embeddings: bool = True
+    num_labels: int = 2
+    problem_type: str | None = None  # regression | single_label_classification | multi_label_classification
+    rope_theta: float = 10000.0  # not in HuggingFace's config, which always uses 10000
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other config.json keys, kept as read
+
+    def __post_init__(self):
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim; hidden_size / num_attention_heads = {self.head_dim}")
+        activation(self.hidden_act)
+        if self.problem_type not in (None, "regression", "single_label_classification",
+                                     "multi_label_classification"):
+            raise ValueError(f"unknown problem_type {self.problem_type!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    # -- config.json ----------------------------------------------------------------------------------
+    def to_dict(self, architecture: str | None = None) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d = {**self.extra, **d, "model_type": "roformer"}
+        d["id2label"] = {str(i): self._label(i) for i in range(self.num_labels)}
+        d["label2id"] = {label: int(i) for i, label in d["id2label"].items()}
+        if architecture:
+            d["architectures"] = [architecture]
+        return dict(sorted(d.items()))
+
+    def _label(self, i: int) -> str:
+        return self.extra.get("id2label", {}).get(str(i), f"LABEL_{i}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoFormerConfig:
+        if d.get("model_type", "roformer") != "roformer":
+            raise ValueError(f"not a RoFormer config: model_type is {d['model_type']!r}")
+        if d.get("add_cross_attention"):
+            raise ValueError("RoFormer with cross-attention (add_cross_attention=True) is not supported here")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        if "id2label" in d and "num_labels" not in d:
+            known["num_labels"] = len(d["id2label"])
+        skip = {"model_type", "architectures", "label2id", "transformers_version"}
+        extra = {k: v for k, v in d.items() if k not in names and k not in skip}
+        return cls(**known, extra=extra)
+
+    def save(self, directory: str | Path, architecture: str | None = None) -> None:
+        from ..io import atomic_write_text
+
+        atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_dict(architecture), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RoFormerConfig:
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns; fields a head does not produce stay None."""
+
+    logits: Tensor | None = None
+    loss: Tensor | None = None
+    last_hidden_state: Tensor | None = None
+    start_logits: Tensor | None = None
+    end_logits: Tensor | None = None
+    kv_cache: KVCache | None = None
+
+
+class RoFormerPreTrainedModel(nn.Module):
+    """Weight initialisation and HuggingFace-compatible ``from_pretrained`` / ``save_pretrained``."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    module.weight.data[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, MaskedLMHead):
+                nn.init.zeros_(module.bias)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json and model.safetensors with HuggingFace's parameter names."""
+        from .hf_interop import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **config_overrides):
+        """Load a directory written by ``save_pretrained`` here or by ``transformers``. Head weights the
+        checkpoint lacks (a classifier on a pre-trained encoder) are freshly initialised and listed in a
+        warning; ``config_overrides`` set config fields (e.g. ``num_labels=3``)."""
+        from .hf_interop import from_pretrained
+
+        return from_pretrained(cls, directory, **config_overrides)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class RoFormerModel(RoFormerPreTrainedModel):
+    """The encoder: embeddings (no absolute positions) and a stack of post-LayerNorm blocks with RoPE."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(config)
+        c = config
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.embedding_size, padding_idx=c.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.embedding_size)
+        self.embedding_norm = nn.LayerNorm(c.embedding_size, eps=c.layer_norm_eps)
+        self.embedding_project = (
+            nn.Linear(c.embedding_size, c.hidden_size) if c.embedding_size != c.hidden_size else None
+        )
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.rope = RotaryEmbedding(c.head_dim, base=c.rope_theta)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                act=c.hidden_act,
+                dropout=c.hidden_dropout_prob,
+                attention_dropout=c.attention_probs_dropout_prob,
+                layer_norm_eps=c.layer_norm_eps,
+                rotary_value=c.rotary_value,
+            )
+            for _ in range(c.num_hidden_layers)
+        )
+        if type(self) is RoFormerModel:
+            self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        positions: int | Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """Returns the last hidden state (batch, seq, hidden).
+
+        ``attention_mask`` (batch, seq [+ cached]) is 1 for real tokens and 0 for padding. ``positions``
+        defaults to 0..seq-1 after any cached tokens; see ``RotaryEmbedding`` for the other forms.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            if input_ids.ndim != 2 or input_ids.is_floating_point():
+                raise ValueError(f"input_ids must be a (batch, seq) integer tensor, got {input_ids.dtype} "
+                                 f"{tuple(input_ids.shape)}")
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, seq = inputs_embeds.shape[:2]
+        if token_type_ids is None:
+            x = inputs_embeds + self.token_type_embeddings.weight[0]
+        else:
+            x = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        x = self.dropout(self.embedding_norm(x))
+        if self.embedding_project is not None:
+            x = self.embedding_project(x)
+
+        offset = kv_cache.seq_len if kv_cache is not None else 0
+        rope = self.rope.cos_sin(seq, offset if positions is None else positions, x.device)
+        causal = self.config.is_decoder
+        if attention_mask is None and offset == 0:
+            bias = None  # no mask at all, or SDPA's own causal mask
+        else:
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            bias = attention_bias(attention_mask, seq, offset + seq, causal, dtype, x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, bias, is_causal=causal, kv_cache=kv_cache, layer=i)
+        return x
+
+
+# ------------------------------------------------------------------------------------------------------
+# Heads
+# ------------------------------------------------------------------------------------------------------
+
+
+class MaskedLMHead(nn.Module):
+    """transform (dense, act, LayerNorm) then a projection onto the vocabulary tied to the word embeddings."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.embedding_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.embedding_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.decoder(self.norm(self.act(self.transform(h)))) + self.bias
+
+
+class _WithEncoder(RoFormerPreTrainedModel):
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(config)
+        self.roformer = RoFormerModel(config)
+
+    def _finish_init(self) -> None:
+        self.init_weights()
+        head = getattr(self, "lm_head", None)
+        if head is not None and self.config.tie_word_embeddings:
+            head.decoder.weight = self.roformer.word_embeddings.weight
+
+
+class RoFormerForMaskedLM(_WithEncoder):
+    """Masked language modelling (the pre-training objective of §4.2)."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(config)
+        self.lm_head = MaskedLMHead(config)
+        self._finish_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
+        """``labels``: (batch, seq) token ids to predict, -100 where no prediction is scored."""
+        h = self.roformer(input_ids, attention_mask, token_type_ids, **kw)
+        logits = self.lm_head(h)
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        return ModelOutput(logits=logits, loss=loss, last_hidden_state=h)
+
+
+class RoFormerForCausalLM(_WithEncoder):
+    """Left-to-right language model: the encoder with a causal mask (``is_decoder=True`` is forced)."""
+
+    def __init__(self, config: RoFormerConfig):
+        if not config.is_decoder:
+            config = dataclasses.replace(config, is_decoder=True)
+        super().__init__(config)
+        self.lm_head = MaskedLMHead(config)
+        self._finish_init()
+
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, kv_cache=None, **kw
+    ) -> ModelOutput:
+        """``labels`` are the input ids themselves (shifted inside): position t is scored on token t+1."""
+        h = self.roformer(input_ids, attention_mask, token_type_ids, kv_cache=kv_cache, **kw)
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+        return ModelOutput(logits=logits, loss=loss, last_hidden_state=h, kv_cache=kv_cache)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``)."""
+        cache = KVCache(self.config.num_hidden_layers)
+        logits = self(input_ids, kv_cache=cache).logits[:, -1]
+        out = [input_ids]
+        for step in range(max_new_tokens):
+            if temperature == 0:
+                next_id = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits.float() / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            out.append(next_id)
+            if step + 1 < max_new_tokens:
+                logits = self(next_id, kv_cache=cache).logits[:, -1]
+        return torch.cat(out, dim=1)
+
+
+class ClassificationHead(nn.Module):
+    """dense, act, dropout, out_proj on the first token's hidden state ([CLS])."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, h: Tensor) -> Tensor:
+        x = self.dropout(h[:, 0])
+        return self.out_proj(self.dropout(self.act(self.dense(x))))
+
+
+class RoFormerForSequenceClassification(_WithEncoder):
+    """Sentence (pair) classification, or regression with ``num_labels=1`` (GLUE, §4.3)."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(config)
+        self.classifier = ClassificationHead(config)
+        self._finish_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
+        logits = self.classifier(self.roformer(input_ids, attention_mask, token_type_ids, **kw))
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type
+            if problem is None:
+                if self.config.num_labels == 1:
+                    problem = "regression"
+                elif not labels.is_floating_point():
+                    problem = "single_label_classification"
+                else:
+                    problem = "multi_label_classification"
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            elif problem == "single_label_classification":
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return ModelOutput(logits=logits, loss=loss)
+
+
+class RoFormerForTokenClassification(_WithEncoder):
+    """A label per token (e.g. named entities)."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._finish_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
+        logits = self.classifier(self.dropout(self.roformer(input_ids, attention_mask, token_type_ids, **kw)))
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        return ModelOutput(logits=logits, loss=loss)
+
+
+class RoFormerForQuestionAnswering(_WithEncoder):
+    """Extractive QA: start and end logits over the tokens."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(dataclasses.replace(config, num_labels=2))
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self._finish_init()
+
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, start_positions=None,
+        end_positions=None, **kw,
+    ) -> ModelOutput:
+        logits = self.qa_outputs(self.roformer(input_ids, attention_mask, token_type_ids, **kw))
+        start, end = logits.unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            seq = start.shape[1]  # positions outside the sequence are ignored, as in HuggingFace
+            s, e = start_positions.view(-1).clamp(0, seq), end_positions.view(-1).clamp(0, seq)
+            loss = (F.cross_entropy(start.float(), s, ignore_index=seq)
+                    + F.cross_entropy(end.float(), e, ignore_index=seq)) / 2
+        return ModelOutput(loss=loss, start_logits=start, end_logits=end)
+
+
+class RoFormerForMultipleChoice(_WithEncoder):
+    """Scores each of C candidate sequences; inputs are (batch, C, seq). Like HuggingFace's RoFormer, the
+    sequence is summarised by its *last* token's hidden state."""
+
+    def __init__(self, config: RoFormerConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self._finish_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
+        if input_ids is None or input_ids.ndim != 3:
+            raise ValueError("multiple choice takes input_ids of shape (batch, num_choices, seq)")
+        batch, choices, seq = input_ids.shape
+        flat = [None if t is None else t.reshape(batch * choices, seq)
+                for t in (input_ids, attention_mask, token_type_ids)]
+        h = self.roformer(*flat, **kw)
+        logits = self.classifier(h[:, -1]).view(batch, choices)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return ModelOutput(logits=logits, loss=loss)

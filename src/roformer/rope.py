@@ -1,0 +1,281 @@
+"""Rotary position embedding (RoPE), paper §3.2 and §3.4.
+
+RoPE encodes the absolute position m of a query or key by rotating it (Eq. 13-16): the vector's features
+are taken in d/2 pairs and pair i is rotated by the angle m * theta_i, with
+
+    theta_i = base^(-2(i-1)/d),   i = 1 .. d/2                                  (Eq. 15)
+
+so that the inner product of a rotated query at m and a rotated key at n depends on m - n only
+(Eq. 11 and 16): <R_m q, R_n k> = q^T R_(n-m) k. The dense block-diagonal matrix R is never built; the
+rotation is applied in the element-wise form of Eq. 34,
+
+    R_m x = x * cos(m theta) + rotate_pairs(x) * sin(m theta),
+
+which, with each pair read as a complex number x_(2i-1) + j x_(2i), is one complex multiplication by
+exp(j m theta_i). That is how it is computed here.
+
+Two feature pairings exist in the wild:
+- ``interleaved=True`` (the paper's Eq. 34, every RoFormer checkpoint): pairs (x1, x2), (x3, x4), ...
+- ``interleaved=False`` (GPT-NeoX / LLaMA "rotate half"): pairs (x_i, x_(i + d/2)).
+``permute_rotary_layout`` converts a q/k projection from one pairing to the other without changing any
+attention score.
+
+The long-term decay of §3.4.3 (Fig. 2) is :func:`relative_upper_bound`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "RotaryEmbedding",
+    "apply_rotary",
+    "rotary_frequencies",
+    "rotary_cos_sin",
+    "permute_rotary_layout",
+    "relative_upper_bound",
+]
+
+
+def _angle_dtype(device: torch.device) -> torch.dtype:
+    """Angles are formed in float64 where the device has it (positions * theta loses ~1e-4 rad in float32
+    at position 1500), in float32 elsewhere (MPS)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def rotary_frequencies(dim: int, base: float = 10000.0, device=None, dtype=torch.float64) -> Tensor:
+    """theta_i = base^(-2(i-1)/d) for i = 1 .. d/2 (Eq. 15). Returns a tensor of shape (d/2,)."""
+    if dim <= 0 or dim % 2:
+        raise ValueError(f"rotary dim must be a positive even number, got {dim}")
+    exponent = torch.arange(0, dim, 2, device=device, dtype=dtype) / dim
+    return base ** (-exponent)
+
+
+def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos(m theta_i) and sin(m theta_i) for every position m in ``positions``: shape ``(*positions.shape,
+    dim/2)``, float32. Angles are formed in float64 (float32 on MPS) with autocast off."""
+    dtype = _angle_dtype(positions.device)
+    with torch.autocast(positions.device.type, enabled=False):
+        theta = rotary_frequencies(dim, base, device=positions.device, dtype=dtype)
+        angles = positions.to(dtype)[..., None] * theta
+        return angles.cos().float(), angles.sin().float()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The rotation itself (Eq. 34)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _complex_pairs(x: Tensor) -> Tensor:
+    """View the last dim of a float32/float64 tensor as d/2 complex numbers (x1 + j x2, x3 + j x4, ...)."""
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
+        x = x.contiguous()
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
+    """R_m x for the first 2 * cos.shape[-1] features of x; the remaining features pass through.
+
+    Half-precision inputs are rotated in float32 and returned in their own dtype.
+    """
+    rot = 2 * cos.shape[-1]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.empty_like(x)
+    if rot < x.shape[-1]:
+        out[..., rot:] = x[..., rot:]
+    x_rot, out_rot = x[..., :rot], out[..., :rot]
+    cos, sin = cos.to(compute), sin.to(compute)
+    if interleaved:
+        cis = torch.complex(cos, sin)
+        if x.dtype == compute:
+            # one fused complex multiply, written straight into the output (Eq. 34 as x * e^(j m theta))
+            torch.mul(_complex_pairs(x_rot), cis, out=_complex_pairs(out_rot))
+        else:
+            rotated = _complex_pairs(x_rot.to(compute)) * cis
+            out_rot.copy_(torch.view_as_real(rotated).flatten(-2))
+    else:
+        x1, x2 = x_rot.to(compute).chunk(2, dim=-1)
+        out_rot.copy_(torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
+    return out
+
+
+class _RotaryFunction(torch.autograd.Function):
+    """R_m x with the backward pass R_m^T g = R_(-m) g: the rotation by -theta. Only cos and sin (functions
+    of the positions) are saved, never the activation x."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.interleaved = interleaved
+        return _rotate(x, cos, sin, interleaved)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin, ctx.interleaved), None, None, None
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = True) -> Tensor:
+    """Rotate ``x`` of shape ``(..., seq, head_dim)`` by the angles whose cosines and sines are given.
+
+    ``cos`` and ``sin`` have last dim ``rotary_dim / 2`` and broadcast against ``x[..., :rotary_dim/2]``
+    (e.g. ``(seq, rotary_dim/2)`` or ``(batch, 1, seq, rotary_dim/2)``); features past ``rotary_dim`` are
+    returned unchanged (partial rotary). Differentiable in ``x`` through a custom backward (rotation by
+    -theta); gradients do not flow into ``cos``/``sin``.
+    """
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    if 2 * cos.shape[-1] > x.shape[-1]:
+        raise ValueError(
+            f"rotary dim {2 * cos.shape[-1]} is larger than the head dim {x.shape[-1]} of the input "
+            f"{tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"apply_rotary needs a floating-point input, got {x.dtype}")
+    return _RotaryFunction.apply(x, cos, sin, interleaved)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------------------
+
+
+Positions = int | Tensor | None
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE for queries and keys shaped ``(batch, heads, seq, head_dim)``.
+
+    >>> rope = RotaryEmbedding(64)
+    >>> q, k = rope(q, k)                          # positions 0 .. seq-1
+    >>> q, k = rope(q, k, positions=past_len)      # decoding with a KV cache: positions past_len ..
+    >>> q, k = rope(q, k, positions=offsets)       # (batch,) LongTensor: one start per sequence
+    >>> q, k = rope(q, k, positions=pos)           # (batch, seq) or (seq,) LongTensor: packed sequences
+
+    ``dim`` is the number of rotated features; when it is smaller than the head dim the remaining features
+    pass through (partial rotary). There is no maximum length: the cos/sin table for contiguous positions
+    grows on demand (its length is a plain Python int, so no ``.item()`` and no graph break under
+    ``torch.compile``); explicit position tensors are turned into angles directly.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True):
+        super().__init__()
+        if dim <= 0 or dim % 2:
+            raise ValueError(f"rotary dim must be a positive even number, got {dim}")
+        self.dim, self.base, self.interleaved = dim, float(base), interleaved
+        # The table is deliberately not a buffer: .to(bfloat16) on the model must not round the angles.
+        self._cos = self._sin = torch.empty(0, dim // 2)
+        self._cached_len = 0
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, base={self.base:g}, interleaved={self.interleaved}"
+
+    def _table(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        if length > self._cached_len or self._cos.device != device:
+            new_len = max(length, 2 * self._cached_len, 256)
+            positions = torch.arange(new_len, device=device)
+            self._cos, self._sin = rotary_cos_sin(positions, self.dim, self.base)
+            self._cached_len = new_len
+        return self._cos, self._sin
+
+    def cos_sin(self, seq_len: int, positions: Positions = None, device=None) -> tuple[Tensor, Tensor]:
+        """cos and sin of the rotation angles for a block of ``seq_len`` tokens, shaped to broadcast against
+        ``(batch, heads, seq, dim/2)``: ``(seq, dim/2)`` for shared positions, ``(batch, 1, seq, dim/2)`` for
+        per-sequence ones. Compute them once per forward pass and hand them to every layer."""
+        if device is None:
+            device = positions.device if isinstance(positions, Tensor) else self._cos.device
+        device = torch.device(device)
+        if positions is None or isinstance(positions, int):
+            start = positions or 0
+            if start < 0:
+                raise ValueError(f"position offset must be >= 0, got {start}")
+            cos, sin = self._table(start + seq_len, device)
+            return cos[start : start + seq_len], sin[start : start + seq_len]
+        if not isinstance(positions, Tensor):
+            raise TypeError(f"positions must be None, an int or a LongTensor, got {type(positions).__name__}")
+        if positions.is_floating_point() or positions.is_complex():
+            raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+        positions = positions.to(device)
+        if positions.ndim == 1 and positions.shape[0] != seq_len:  # (batch,) offsets
+            positions = positions[:, None] + torch.arange(seq_len, device=device)
+        if positions.shape[-1] != seq_len or positions.ndim > 2:
+            raise ValueError(
+                f"positions of shape {tuple(positions.shape)} do not fit a sequence of length {seq_len}: "
+                "give (seq,), (batch, seq) or (batch,) offsets"
+            )
+        cos, sin = rotary_cos_sin(positions, self.dim, self.base)
+        if positions.ndim == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (batch, 1, seq, dim/2): broadcast over heads
+        return cos, sin
+
+    def rotate(self, x: Tensor, positions: Positions = None) -> Tensor:
+        """R_m x for one tensor ``(batch, heads, seq, head_dim)`` (used for values with ``rotary_value``)."""
+        self._check(x, "x")
+        cos, sin = self.cos_sin(x.shape[-2], positions, x.device)
+        return apply_rotary(x, cos, sin, self.interleaved)
+
+    def forward(self, q: Tensor, k: Tensor, positions: Positions = None) -> tuple[Tensor, Tensor]:
+        self._check(q, "q")
+        self._check(k, "k")
+        if q.shape[-2] != k.shape[-2] or q.shape[-1] != k.shape[-1]:
+            raise ValueError(
+                f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in sequence length or head dim; "
+                "rotate them one at a time with rope.rotate(x, positions)"
+            )
+        cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
+        return apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)
+
+    def _check(self, x: Tensor, name: str) -> None:
+        if x.ndim < 2:
+            raise ValueError(f"{name} must be shaped (batch, heads, seq, head_dim), got {tuple(x.shape)}")
+        if x.shape[-1] < self.dim:
+            raise ValueError(
+                f"rotary dim {self.dim} is larger than the head dim {x.shape[-1]} of {name} {tuple(x.shape)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Converting between the two pairings
+# --------------------------------------------------------------------------------------------------------
+
+
+def permute_rotary_layout(
+    weight: Tensor, num_heads: int, rotary_dim: int | None = None, to: str = "half"
+) -> Tensor:
+    """Permute the output features of a q or k projection (weight ``(heads*head_dim, in)`` or bias
+    ``(heads*head_dim,)``) between the interleaved pairing (``to="interleaved"``) and the half-split pairing
+    (``to="half"``), head by head. Apply it to both W_q and W_k: the rotated pairs then line up and every
+    attention score q . k is unchanged (a dot product does not see a common permutation)."""
+    if to not in ("half", "interleaved"):
+        raise ValueError(f"to must be 'half' or 'interleaved', got {to!r}")
+    if weight.shape[0] % num_heads:
+        raise ValueError(f"{weight.shape[0]} output features do not split into {num_heads} heads")
+    head_dim = weight.shape[0] // num_heads
+    rot = head_dim if rotary_dim is None else rotary_dim
+    if rot % 2 or rot > head_dim:
+        raise ValueError(f"rotary dim {rot} must be even and at most the head dim {head_dim}")
+    interleaved_to_half = torch.cat((torch.arange(0, rot, 2), torch.arange(1, rot, 2)))
+    perm = interleaved_to_half if to == "half" else torch.argsort(interleaved_to_half)
+    perm = torch.cat((perm, torch.arange(rot, head_dim))).to(weight.device)
+    per_head = weight.reshape(num_heads, head_dim, *weight.shape[1:])
+    return per_head[:, perm].reshape(weight.shape)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Long-term decay (§3.4.3, Fig. 2)
+# --------------------------------------------------------------------------------------------------------
+
+
+def relative_upper_bound(dim: int = 128, max_distance: int = 256, base: float = 10000.0) -> Tensor:
+    """The relative upper bound of §3.4.3 for every relative distance r = 0 .. max_distance.
+
+    With the Abel transformation, |sum_i q_[2i:2i+1] k*_[2i:2i+1] e^(j r theta_i)| is bounded by
+    (max_i |h_(i+1) - h_i|) * sum_(j=1)^(d/2) |S_j|, where S_j = sum_(k=0)^(j-1) e^(j r theta_k).
+    This returns (1 / (d/2)) * sum_j |S_j|, the curve of Fig. 2, in float64; shape (max_distance + 1,).
+    """
+    theta = rotary_frequencies(dim, base, dtype=torch.float64)
+    r = torch.arange(max_distance + 1, dtype=torch.float64)
+    angles = r[:, None] * theta
+    partial_sums = torch.polar(torch.ones_like(angles), angles).cumsum(dim=-1)  # S_1 .. S_(d/2)
+    return partial_sums.abs().mean(dim=-1)
