@@ -67,11 +67,9 @@ def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[
 # --------------------------------------------------------------------------------------------------------
 
 
-def _complex_pairs(x: Tensor) -> Tensor:
-    """View the last dim of a float32/float64 tensor as d/2 complex numbers (x1 + j x2, x3 + j x4, ...)."""
-    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
-        x = x.contiguous()
-    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+def _pairs_viewable_as_complex(x: Tensor) -> bool:
+    """Whether the last dim of x can be viewed as complex pairs in place (no copy)."""
+    return x.stride(-1) == 1 and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
@@ -81,23 +79,23 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
     """
     rot = 2 * cos.shape[-1]
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    out = torch.empty_like(x)
-    if rot < x.shape[-1]:
-        out[..., rot:] = x[..., rot:]
-    x_rot, out_rot = x[..., :rot], out[..., :rot]
     cos, sin = cos.to(compute), sin.to(compute)
     if interleaved:
-        cis = torch.complex(cos, sin)
-        if x.dtype == compute:
-            # one fused complex multiply, written straight into the output (Eq. 34 as x * e^(j m theta))
-            torch.mul(_complex_pairs(x_rot), cis, out=_complex_pairs(out_rot))
-        else:
-            rotated = _complex_pairs(x_rot.to(compute)) * cis
-            out_rot.copy_(torch.view_as_real(rotated).flatten(-2))
+        cis = torch.complex(cos, sin)  # e^(j m theta_i)
+        if (not torch.compiler.is_compiling() and rot == x.shape[-1] and x.dtype == compute
+                and _pairs_viewable_as_complex(x)):
+            # Eq. 34 as one fused complex multiply, read from x and written into the output in place
+            out = torch.empty_like(x)
+            torch.mul(torch.view_as_complex(x.unflatten(-1, (-1, 2))), cis,
+                      out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
+            return out
+        pairs = torch.view_as_complex(x[..., :rot].to(compute).contiguous().unflatten(-1, (-1, 2)))
+        rotated = torch.view_as_real(pairs * cis).flatten(-2)
     else:
-        x1, x2 = x_rot.to(compute).chunk(2, dim=-1)
-        out_rot.copy_(torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
-    return out
+        x1, x2 = x[..., :rot].to(compute).chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    rotated = rotated.to(x.dtype)
+    return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
 
 
 class _RotaryFunction(torch.autograd.Function):
@@ -113,7 +111,8 @@ class _RotaryFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, -sin, ctx.interleaved), None, None, None
+        # the rotation is linear, so its backward is itself a rotation (and twice differentiable)
+        return _RotaryFunction.apply(grad, cos, -sin, ctx.interleaved), None, None, None
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = True) -> Tensor:

@@ -1,0 +1,242 @@
+"""RoPE: the paper's properties (Eq. 11, 13-16, 34; §3.4.3), the API's position forms, autograd, errors."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roformer import RotaryEmbedding, apply_rotary, permute_rotary_layout, relative_upper_bound
+from roformer.rope import rotary_cos_sin, rotary_frequencies
+
+
+def dense_rotation(m: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """The block-diagonal R^d_(Theta,m) of Eq. 15, built entry by entry in float64."""
+    R = torch.zeros(dim, dim, dtype=torch.float64)
+    for i in range(dim // 2):
+        theta = base ** (-2 * i / dim)
+        c, s = math.cos(m * theta), math.sin(m * theta)
+        R[2 * i, 2 * i], R[2 * i, 2 * i + 1] = c, -s
+        R[2 * i + 1, 2 * i], R[2 * i + 1, 2 * i + 1] = s, c
+    return R
+
+
+def rotate_at(x: torch.Tensor, m: int, interleaved: bool = True) -> torch.Tensor:
+    """Rotate every row of x (seq, dim) as if it stood at position m."""
+    rope = RotaryEmbedding(x.shape[-1], interleaved=interleaved)
+    return rope.rotate(x[None, None], positions=torch.full((1, x.shape[0]), m))[0, 0]
+
+
+def test_frequencies_are_eq15():
+    theta = rotary_frequencies(8, base=10000.0)
+    expected = torch.tensor([10000 ** (-2 * (i - 1) / 8) for i in range(1, 5)], dtype=torch.float64)
+    torch.testing.assert_close(theta, expected)
+
+
+@pytest.mark.parametrize("dim", [2, 8, 64])
+@pytest.mark.parametrize("m", [0, 1, 7, 1000, 123456])
+def test_equals_dense_block_diagonal_matrix(dim, m):
+    x = torch.randn(5, dim, dtype=torch.float64)
+    expected = x @ dense_rotation(m, dim).T  # R_m x for every row
+    torch.testing.assert_close(rotate_at(x, m), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_half_split_layout_is_the_dense_rotation_of_the_permuted_features():
+    dim, m = 16, 37
+    x = torch.randn(3, dim, dtype=torch.float64)
+    to_half = torch.cat((torch.arange(0, dim, 2), torch.arange(1, dim, 2)))
+    expected = (x @ dense_rotation(m, dim).T)[:, to_half]
+    torch.testing.assert_close(rotate_at(x[:, to_half], m, interleaved=False), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    half_dim=st.integers(1, 48),
+    m=st.integers(0, 5000),
+    n=st.integers(0, 5000),
+    shift=st.integers(-5000, 5000),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]),
+    interleaved=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_score_depends_only_on_relative_position(half_dim, m, n, shift, dtype, interleaved, seed):
+    """<R_m q, R_n k> = <R_(m+s) q, R_(n+s) k> = q^T R_(n-m) k (Eq. 11 and 16)."""
+    dim = 2 * half_dim
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, dim, generator=g).to(dtype)
+    m2, n2 = max(m + shift, 0), max(n + shift, 0)
+    shift = min(m2 - m, n2 - n)
+    m2, n2 = m + shift, n + shift
+    score = (rotate_at(q[None], m, interleaved).double() * rotate_at(k[None], n, interleaved).double()).sum()
+    shifted = (rotate_at(q[None], m2, interleaved).double() * rotate_at(k[None], n2, interleaved).double()).sum()
+    relative = (q.double()[None] * rotate_at(k[None], n - m, interleaved).double()).sum() if n >= m else (
+        (rotate_at(q[None], m - n, interleaved).double() * k.double()[None]).sum()
+    )
+    scale = q.double().norm() * k.double().norm()
+    # bf16 outputs are rounded to 8 bits of mantissa; float32 angles at position 5000 to ~1e-6 relative
+    tol = {torch.float64: 1e-5, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert abs(score - shifted) <= tol * scale
+    assert abs(score - relative) <= tol * scale
+
+
+@settings(max_examples=30, deadline=None)
+@given(half_dim=st.integers(1, 64), m=st.integers(0, 100000), interleaved=st.booleans())
+def test_rotation_preserves_norm(half_dim, m, interleaved):
+    x = torch.randn(4, 2 * half_dim, dtype=torch.float64)
+    torch.testing.assert_close(rotate_at(x, m, interleaved).norm(dim=-1), x.norm(dim=-1))
+
+
+def test_position_forms_agree():
+    rope = RotaryEmbedding(16)
+    q, k = torch.randn(2, 3, 4, 6, 16, dtype=torch.float64).unbind(0)
+    default = rope(q, k)
+    torch.testing.assert_close(default, rope(q, k, positions=0))
+    torch.testing.assert_close(default, rope(q, k, positions=torch.arange(6)))
+    # int offset: the tail of a longer sequence
+    long_q = torch.randn(3, 4, 10, 16, dtype=torch.float64)
+    torch.testing.assert_close(rope.rotate(long_q)[..., 4:, :], rope.rotate(long_q[..., 4:, :], positions=4))
+    # per-sequence offsets equal the explicit (batch, seq) positions
+    offsets = torch.tensor([0, 5, 100])
+    explicit = offsets[:, None] + torch.arange(6)
+    torch.testing.assert_close(rope(q, k, positions=offsets), rope(q, k, positions=explicit))
+    for b, start in enumerate(offsets.tolist()):
+        torch.testing.assert_close(rope.rotate(q[b : b + 1], positions=start), rope.rotate(q, explicit)[b : b + 1])
+
+
+def test_table_grows_on_demand_without_a_maximum():
+    rope = RotaryEmbedding(8)
+    rope.rotate(torch.randn(1, 1, 4, 8))
+    assert rope._cached_len == 256
+    x = torch.randn(1, 1, 5000, 8, dtype=torch.float64)
+    far = rope.rotate(x, positions=20000)
+    assert rope._cached_len >= 25000
+    torch.testing.assert_close(far, rope.rotate(x, positions=torch.arange(20000, 25000)))
+    theta = rotary_frequencies(8)
+    m = 24999
+    expected = x[0, 0, -1] @ dense_rotation(m, 8).T
+    torch.testing.assert_close(far[0, 0, -1], expected, rtol=1e-6, atol=1e-6)
+    assert theta.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_rotated_in_float32_and_returned_in_its_dtype(dtype):
+    rope = RotaryEmbedding(32)
+    x = torch.randn(2, 3, 50, 32).to(dtype)
+    out = rope.rotate(x, positions=1000)
+    assert out.dtype == dtype
+    exact = rope.rotate(x.float(), positions=1000)
+    torch.testing.assert_close(out.float(), exact.to(dtype).float(), rtol=0, atol=0)
+
+
+def test_partial_rotary_passes_the_rest_through():
+    x = torch.randn(2, 2, 7, 24, dtype=torch.float64)
+    out = RotaryEmbedding(16).rotate(x, positions=3)
+    torch.testing.assert_close(out[..., 16:], x[..., 16:], rtol=0, atol=0)
+    torch.testing.assert_close(out[..., :16], RotaryEmbedding(16).rotate(x[..., :16].contiguous(), positions=3))
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("rotary_dim", [8, 6])
+def test_gradcheck_float64(interleaved, rotary_dim):
+    x = torch.randn(2, 2, 5, 8, dtype=torch.float64, requires_grad=True)
+    cos, sin = rotary_cos_sin(torch.arange(3, 8), rotary_dim)
+    cos, sin = cos.double(), sin.double()
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin, interleaved), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: apply_rotary(t, cos, sin, interleaved), (x,))
+
+
+def test_backward_saves_no_activation():
+    """The custom backward rotates by -theta: only cos/sin (seq x dim/2) are kept, never x itself."""
+    x = torch.randn(4, 8, 64, 32, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        y = RotaryEmbedding(32).rotate(x * 1.0)
+    assert saved and all(shape.numel() <= 64 * 16 for shape in saved), saved
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(g, 2 * x.detach(), rtol=1e-5, atol=1e-5)  # (R^T R) x = x
+
+
+def test_matches_huggingface_rotary():
+    transformers = pytest.importorskip("transformers")
+    mod = transformers.models.roformer.modeling_roformer
+    seq, dim = 40, 16
+    table = mod.RoFormerSinusoidalPositionalEmbedding(seq, dim)
+    table.weight.data = table.create_weight()
+    q, k, v = torch.randn(3, 2, 4, seq, dim).unbind(0)
+    sinusoidal_pos = table((1, seq))[None, None]
+    hf_q, hf_k, hf_v = mod.RoFormerSelfAttention.apply_rotary_position_embeddings(sinusoidal_pos, q, k, v)
+    rope = RotaryEmbedding(dim)
+    ours_q, ours_k = rope(q, k)
+    for a, b in ((ours_q, hf_q), (ours_k, hf_k), (rope.rotate(v), hf_v)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_layout_permutation_keeps_every_attention_score():
+    heads, head_dim, hidden, seq = 3, 8, 20, 11
+    w_q, w_k = torch.randn(2, heads * head_dim, hidden, dtype=torch.float64).unbind(0)
+    b_q = torch.randn(heads * head_dim, dtype=torch.float64)
+    x = torch.randn(seq, hidden, dtype=torch.float64)
+
+    def scores(wq, bq, wk, interleaved):
+        q = (x @ wq.T + bq).view(seq, heads, head_dim).transpose(0, 1)[None]
+        k = (x @ wk.T).view(seq, heads, head_dim).transpose(0, 1)[None]
+        q, k = RotaryEmbedding(head_dim, interleaved=interleaved)(q, k)
+        return q @ k.transpose(-1, -2)
+
+    reference = scores(w_q, b_q, w_k, interleaved=True)
+    half = [permute_rotary_layout(t, heads, to="half") for t in (w_q, b_q, w_k)]
+    torch.testing.assert_close(scores(*half, interleaved=False), reference)
+    back = [permute_rotary_layout(t, heads, to="interleaved") for t in half]
+    for a, b in zip(back, (w_q, b_q, w_k), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the permutation is not the identity, so the test above could fail
+    assert not torch.equal(half[0], w_q)
+    assert not torch.allclose(scores(w_q, b_q, w_k, interleaved=False), reference)
+
+
+def test_compiles_without_graph_breaks_including_table_growth():
+    rope = RotaryEmbedding(16)
+
+    def f(q, k, offset: int):
+        return rope(q, k, positions=offset)
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    q, k = torch.randn(2, 1, 2, 300, 16).unbind(0)
+    torch.testing.assert_close(compiled(q, k, 0), f(q, k, 0))
+    torch.testing.assert_close(compiled(q, k, 700), f(q, k, 700))  # needs 1000 > 512 cached positions
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: RotaryEmbedding(7), "even"),
+        (lambda: RotaryEmbedding(32).rotate(torch.randn(1, 1, 4, 16)), "larger than the head dim"),
+        (lambda: RotaryEmbedding(8)(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 5, 8)), "differ"),
+        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), torch.zeros(2, 3, dtype=torch.long)), "fit"),
+        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), torch.zeros(4)), "integer"),
+        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), -1), ">= 0"),
+        (lambda: apply_rotary(torch.randn(4, 8), *rotary_cos_sin(torch.arange(4), 10)), "larger than the head"),
+        (lambda: permute_rotary_layout(torch.randn(10, 3), 3), "heads"),
+    ],
+)
+def test_clear_errors(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def test_long_term_decay_bound():
+    """§3.4.3: the bound equals its definition, starts at (d/2 + 1)/2 and decays with distance (Fig. 2)."""
+    dim = 128
+    bound = relative_upper_bound(dim, 256)
+    assert bound.shape == (257,)
+    assert bound[0].item() == pytest.approx((dim // 2 + 1) / 2)
+    for r in (1, 17, 200):
+        thetas = [10000 ** (-2 * i / dim) for i in range(dim // 2)]
+        partial, total = 0j, 0.0
+        for theta in thetas:
+            partial += complex(math.cos(r * theta), math.sin(r * theta))
+            total += abs(partial)
+        assert bound[r].item() == pytest.approx(total / (dim // 2), rel=1e-9)
+    assert bound[200:].max() < bound[:20].min() / 1.5
+    assert bound[128:].mean() < bound[:128].mean()
