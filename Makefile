@@ -1,5 +1,6 @@
 # Two entry points (see README): `make main` and `make test`. Both set up ./.venv first.
 PY      := .venv/bin/python
+DATA_DIR ?= ../shared/data
 TORCH   := torch==2.13.0
 STAMP   := .venv/.installed
 
@@ -16,7 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 main: $(STAMP)
-	.venv/bin/roformer decay --dim 128 --max-distance 256 --out runs/decay
+	.venv/bin/roformer train --preset small --data-dir $(DATA_DIR) --out runs/enwik8
+	.venv/bin/roformer generate --model runs/enwik8/model --prompt "The history of " --max-new-tokens 300
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

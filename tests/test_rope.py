@@ -119,6 +119,15 @@ def test_table_grows_on_demand_without_a_maximum():
     assert theta.dtype == torch.float64
 
 
+def test_table_built_under_inference_mode_serves_training_later():
+    rope = RotaryEmbedding(8)
+    with torch.inference_mode():
+        rope.rotate(torch.randn(1, 1, 4, 8))
+    x = torch.randn(1, 1, 4, 8, requires_grad=True)
+    rope.rotate(x).sum().backward()
+    assert x.grad is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_is_rotated_in_float32_and_returned_in_its_dtype(dtype):
     rope = RotaryEmbedding(32)

@@ -16,6 +16,51 @@ def _decay(args: argparse.Namespace) -> None:
           f"distance {args.max_distance} -> {bound[-1].split(',')[1]}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .experiments import char_lm
+
+    command = "roformer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("roformer") else ""
+    summary = char_lm.run(args.preset, args.data_dir, args.out, args.resume, args.device, args.dtype,
+                          args.max_steps, args.data, command=command)
+    if summary.get("final"):
+        final = summary["final"]
+        print(f"validation bits per character: {final['validation_bpc']:.4f} after {final['steps']} steps "
+              f"({final['train_minutes']:.1f} min); model in {args.out}/model, report in {args.out}/report.md")
+        print(f"sample:\n{summary['sample']}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .experiments.char_lm import generate_text
+    from .models import RoFormerForCausalLM
+
+    model = RoFormerForCausalLM.from_pretrained(args.model).to(args.device).eval()
+    if model.config.vocab_size != 256:
+        raise ValueError(f"{args.model} is not a byte-level model (vocab size {model.config.vocab_size})")
+    print(generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import compare_runs
+
+    out = compare_runs(args.runs, args.out, title=args.title)
+    print(f"wrote {out} and {out.parent / 'curves.png'}")
+
+
+def _add_common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--preset", default="small", help="smoke | small | paper")
+    p.add_argument("--data-dir", default=None, help="local data mirror (default: $ROFORMER_DATA_DIR)")
+    p.add_argument("--out", default=out, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (autocast)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roformer", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -26,6 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=float, default=10000.0)
     p.add_argument("--out", default="runs/decay", help="output directory")
     p.set_defaults(func=_decay)
+
+    p = verbs.add_parser("train", help="train a character-level causal RoFormer LM (enwik8) and report bpc")
+    _add_common(p, "runs/enwik8")
+    p.add_argument("--data", default=None, help="enwik8 (default) or tinyshakespeare")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
+    p.set_defaults(func=_train)
+
+    p = verbs.add_parser("generate", help="sample text from a trained byte-level causal LM")
+    p.add_argument("--model", default="runs/enwik8/model", help="saved model directory")
+    p.add_argument("--prompt", default="The history of ")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_generate)
+
+    p = verbs.add_parser("report", help="overlay several runs' curves and tabulate their final metrics")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="runs/report")
+    p.add_argument("--title", default="Comparison")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -173,8 +173,10 @@ class RotaryEmbedding(nn.Module):
     def _table(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         if length > self._cached_len or self._cos.device != device:
             new_len = max(length, 2 * self._cached_len, 256)
-            positions = torch.arange(new_len, device=device)
-            self._cos, self._sin = rotary_cos_sin(positions, self.dim, self.base)
+            # built as ordinary tensors even under inference_mode, so a later training step can use them
+            with torch.inference_mode(False):
+                positions = torch.arange(new_len, device=device)
+                self._cos, self._sin = rotary_cos_sin(positions, self.dim, self.base)
             self._cached_len = new_len
         return self._cos, self._sin
 

@@ -1,0 +1,160 @@
+"""RoPE and encoder speed against HuggingFace ``transformers``, measured side by side in one run.
+
+    python benchmarks/bench_rope_encoder.py            # batch 8 x 512 tokens, base size (as in the README)
+    python benchmarks/bench_rope_encoder.py --quick    # fewer layers and repeats, for a quick look
+
+Candidates run interleaved, round after round, on the same tensors and weights; each row reports the median
+time over rounds and the ratio to the reference, so load from other processes hits all candidates alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+import transformers
+from transformers.models.roformer import modeling_roformer as hf_roformer
+
+import roformer
+
+
+def timed(fn, repeats: int) -> float:
+    """Mean seconds of one call over ``repeats`` calls."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def race(candidates: dict, rounds: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each candidate, measured in interleaved rounds after one warm-up call."""
+    for fn in candidates.values():
+        fn()
+    samples = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            samples[name].append(timed(fn, repeats))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def rope_rows(args) -> list[tuple]:
+    b, h, s, d = args.batch, 12, args.seq, 64
+    torch.manual_seed(0)
+    q, k = torch.randn(2, b, h, s, d).unbind(0)
+    q, k = q.contiguous(), k.contiguous()
+    rope = roformer.RotaryEmbedding(d)
+    table = hf_roformer.RoFormerSinusoidalPositionalEmbedding(s, d)
+    table.weight.data = table.create_weight()
+    sinusoidal_pos = table((b, s))[None, None]  # as HuggingFace's encoder builds it once per forward
+    hf_apply = hf_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings
+    rows = []
+
+    with torch.inference_mode():
+        fwd = race(
+            {
+                "roformer": lambda: rope(q, k),
+                "huggingface": lambda: hf_apply(sinusoidal_pos, q, k),
+                "copy of q, k": lambda: (q.clone(), k.clone()),
+            },
+            args.rounds,
+            args.repeats,
+        )
+    rows.append(("RoPE forward", fwd))
+
+    qg, kg = q.clone().requires_grad_(), k.clone().requires_grad_()
+    grads = (torch.randn_like(q), torch.randn_like(k))
+
+    def backward_of(fn):
+        def step():
+            qg.grad = kg.grad = None  # no accumulation pass: time the rotation's own backward
+            torch.autograd.backward(fn(), grads)
+        return step
+
+    both = race(
+        {
+            "roformer": backward_of(lambda: rope(qg, kg)),
+            "huggingface": backward_of(lambda: hf_apply(sinusoidal_pos, qg, kg)),
+            "copy of q, k": backward_of(lambda: (qg.clone(), kg.clone())),
+        },
+        args.rounds,
+        args.repeats,
+    )
+    rows.append(("RoPE forward+backward", both))
+    return rows
+
+
+def encoder_rows(args) -> list[tuple]:
+    config = transformers.RoFormerConfig(
+        vocab_size=30000, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=max(args.seq, 512),
+    )
+    torch.manual_seed(0)
+    hf = transformers.RoFormerModel(config).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = roformer.RoFormerModel.from_pretrained(d).eval()
+    ids = torch.randint(1, config.vocab_size, (args.batch, args.seq))
+    mask = torch.ones_like(ids)
+    mask[-1, args.seq // 2 :] = 0  # one padded sequence, so both build a real attention mask
+    rows = []
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(ids, mask), hf(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   rtol=1e-4, atol=1e-4)
+        fp32 = race(
+            {"roformer": lambda: ours(ids, mask), "huggingface": lambda: hf(input_ids=ids, attention_mask=mask)},
+            args.encoder_rounds,
+            1,
+        )
+        rows.append(("encoder forward fp32", fp32))
+        if not args.skip_bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = race(
+                    {"roformer": lambda: ours(ids, mask),
+                     "huggingface": lambda: hf(input_ids=ids, attention_mask=mask)},
+                    max(1, args.encoder_rounds - 3),
+                    1,
+                )
+            rows.append(("encoder forward bf16 autocast", bf16))
+            rows.append(("ours bf16 autocast vs HF fp32",
+                         {"roformer": bf16["roformer"], "huggingface": fp32["huggingface"]}))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers (base: 12)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--encoder-rounds", type=int, default=5)
+    parser.add_argument("--skip-bf16", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 layers, fewer rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.layers, args.rounds, args.repeats, args.encoder_rounds = 2, 3, 5, 3
+
+    flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in open("/proc/cpuinfo").read()] \
+        if platform.system() == "Linux" else []
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, CPU flags of note: {', '.join(flags) or 'none (AVX2)'}")
+    print(f"shapes: q, k = ({args.batch}, 12, {args.seq}, 64); encoder: base width, {args.layers} layers, "
+          f"batch {args.batch} x {args.seq} tokens\n")
+    rows = rope_rows(args) + encoder_rows(args)
+    print("| measurement | roformer | huggingface | copy of q, k | HF / roformer | roformer / copy |")
+    print("|---|---|---|---|---|---|")
+    for name, t in rows:
+        def ms(key, t=t):
+            return f"{t[key] * 1e3:.2f} ms" if key in t else ""
+        speedup = t["huggingface"] / t["roformer"]
+        vs_copy = f"{t['roformer'] / t['copy of q, k']:.2f}x" if "copy of q, k" in t else ""
+        print(f"| {name} | {ms('roformer')} | {ms('huggingface')} | {ms('copy of q, k')} | "
+              f"{speedup:.2f}x | {vs_copy} |")
+
+
+if __name__ == "__main__":
+    main()

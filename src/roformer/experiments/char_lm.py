@@ -1,0 +1,150 @@
+"""A character-level (byte-level) causal RoFormer language model, the README's main job.
+
+Data: enwik8 (or tinyshakespeare) from the registry, split as the registry states. Training batches are
+random windows drawn with a generator seeded by the step, so the step is the data position. Validation:
+bits per character over non-overlapping windows of ``seq_len`` bytes at the start of the validation split.
+The trained model is saved as a HuggingFace-compatible directory with its byte tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.corpora import load_bytes_corpus
+from ..data.tokenizer import byte_tokenizer, save_tokenizer
+from ..models import RoFormerConfig, RoFormerForCausalLM
+from ..report import write_run_report
+from ..train import TrainConfig, Trainer, is_main_process, token_cross_entropy
+
+
+@dataclass
+class CharLMConfig:
+    data: str = "enwik8"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    dropout: float = 0.1
+    seq_len: int = 256
+    batch_size: int = 16  # sequences per update (global)
+    eval_bytes: int = 65536  # validation bytes scored (the start of the validation split)
+    sample_prompt: str = "The history of "
+    sample_bytes: int = 300
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, dict] = {
+    # seconds: used by the tests
+    "smoke": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, seq_len=64, batch_size=8,
+                  eval_bytes=4096, sample_bytes=40,
+                  train=dict(max_steps=30, lr=3e-3, warmup_steps=5, eval_every=10, save_every=10, log_every=5)),
+    # a few minutes on a 2-core CPU: the README's main job
+    "small": dict(train=dict(max_steps=250, lr=2e-3, warmup_steps=25, eval_every=50, save_every=50,
+                             log_every=10)),
+    # a 12-layer, 512-wide model as in character-level Transformer LMs, for GPUs
+    "paper": dict(hidden_size=512, num_layers=12, num_heads=8, intermediate_size=2048, seq_len=512,
+                  batch_size=32, eval_bytes=5_000_000,
+                  train=dict(max_steps=200_000, lr=6e-4, warmup_steps=2000, eval_every=5000, save_every=5000,
+                             log_every=100, dtype="bfloat16")),
+}
+
+
+def build_config(preset: str, **train_overrides) -> CharLMConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    train = dict(values.pop("train", {}))
+    train.update({k: v for k, v in train_overrides.items() if v is not None})
+    return CharLMConfig(**values, train=TrainConfig(**train))
+
+
+def model_config(c: CharLMConfig) -> RoFormerConfig:
+    return RoFormerConfig(
+        vocab_size=256, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size, hidden_dropout_prob=c.dropout,
+        attention_probs_dropout_prob=c.dropout, max_position_embeddings=c.seq_len, pad_token_id=None,
+        type_vocab_size=1, is_decoder=True,
+    )
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def bits_per_character(model, data: torch.Tensor, seq_len: int, batch_size: int = 16) -> float:
+    """Mean negative log2-likelihood per predicted byte over non-overlapping windows of ``seq_len + 1``."""
+    n_windows = (len(data) - 1) // seq_len
+    if n_windows < 1:
+        raise ValueError(f"validation data of {len(data)} bytes is shorter than one window of {seq_len + 1}")
+    windows = torch.stack([data[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)]).long()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for start in range(0, n_windows, batch_size):
+        x = windows[start : start + batch_size].to(device)
+        logits = model(x[:, :-1]).logits.float()
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
+        count += x[:, 1:].numel()
+    return total / count / math.log(2)
+
+
+def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", resume: bool = False,
+        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, data: str | None = None,
+        command: str = "") -> dict:
+    c = build_config(preset, device=device, dtype=dtype, max_steps=max_steps)
+    if data:
+        c = dataclasses.replace(c, data=data)
+    out = Path(out)
+    corpus = load_bytes_corpus(c.data, data_dir)
+    train, valid = _as_tensor(corpus["train"]), _as_tensor(corpus["validation"])[: c.eval_bytes + 1]
+    torch.manual_seed(c.train.seed)
+    model = RoFormerForCausalLM(model_config(c))
+
+    def batch_fn(step: int, micro: int) -> dict:
+        g = torch.Generator().manual_seed(c.train.seed * 7919 + step * c.train.grad_accum + micro)
+        rows = c.batch_size // c.train.grad_accum
+        starts = torch.randint(len(train) - c.seq_len - 1, (rows,), generator=g)
+        return {"input_ids": torch.stack([train[s : s + c.seq_len + 1] for s in starts.tolist()]).long()}
+
+    def loss_fn(net, batch):
+        x = batch["input_ids"]
+        return token_cross_entropy(net(x[:, :-1]).logits, x[:, 1:])
+
+    def eval_fn(net) -> dict:
+        bpc = bits_per_character(net, valid, c.seq_len)
+        return {"bpc": bpc, "loss": bpc * math.log(2)}
+
+    started = time.perf_counter()
+    final = Trainer(model, c.train, out, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+    if not is_main_process():
+        return final
+    model.eval()
+    model.save_pretrained(out / "model")
+    save_tokenizer(byte_tokenizer(), out / "model")
+    sample = generate_text(model, c.sample_prompt, c.sample_bytes, seed=c.train.seed)
+    summary = {
+        "final": {"validation_bpc": final.get("bpc"), "steps": c.train.max_steps,
+                  "train_minutes": (time.perf_counter() - started) / 60,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "config": dataclasses.asdict(c),
+        "sample": sample,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_run_report(out, f"Character-level RoFormer LM on {c.data} ({preset})", command or f"roformer train "
+                     f"--preset {preset}", notes=f"## Sample (temperature 0.8, top-k 40)\n\n```\n{sample}\n```")
+    return summary
+
+
+def generate_text(model, prompt: str, n_bytes: int, temperature: float = 0.8, top_k: int | None = 40,
+                  seed: int = 0) -> str:
+    """Continue ``prompt`` by ``n_bytes`` sampled bytes; undecodable bytes shown as U+FFFD."""
+    ids = torch.tensor([list(prompt.encode("utf-8"))], device=next(model.parameters()).device)
+    g = torch.Generator(device=ids.device).manual_seed(seed)
+    out = model.generate(ids, n_bytes, temperature=temperature, top_k=top_k, generator=g)
+    return bytes(out[0].tolist()).decode("utf-8", errors="replace")

@@ -1,0 +1,9 @@
+"""The one trainer: loop, optimizers and schedules, checkpoints with exact resume, DDP."""
+
+from .checkpoint import average_checkpoints, latest_checkpoint, list_checkpoints
+from .losses import token_cross_entropy
+from .optim import build_optimizer, lr_multiplier
+from .trainer import TrainConfig, Trainer, init_distributed, is_main_process
+
+__all__ = ["TrainConfig", "Trainer", "build_optimizer", "lr_multiplier", "average_checkpoints",
+           "latest_checkpoint", "list_checkpoints", "init_distributed", "is_main_process", "token_cross_entropy"]

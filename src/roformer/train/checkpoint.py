@@ -1,0 +1,108 @@
+"""Training checkpoints: weights (safetensors), optimizer, scheduler, RNG states and the step (which is the
+data position, since batches are a pure function of the step).
+
+A checkpoint is a directory ``checkpoints/step-00001234``. It is written under a temporary name and renamed
+into place in one step, so a kill at any moment leaves every earlier checkpoint intact and never a partial
+one under a real name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "average_checkpoints",
+           "rng_state", "set_rng_state"]
+
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_state: dict, keep_last: int) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    tmp = directory / f".tmp-step-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _NAME.match(p.name) and p.is_dir())
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
+    """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step)."""
+    path = Path(path)
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
+    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the weights of several checkpoints (paper §4.1: the last 5)."""
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    total = None
+    for p in paths:
+        weights = load_file(str(Path(p) / "model.safetensors"))
+        if total is None:
+            total = {k: v.double() for k, v in weights.items()}
+        else:
+            if weights.keys() != total.keys():
+                raise ValueError(f"{p} holds different parameters from {paths[0]}")
+            for k, v in weights.items():
+                total[k] += v.double()
+    dtypes = {k: v.dtype for k, v in load_file(str(Path(paths[0]) / "model.safetensors")).items()}
+    return {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}

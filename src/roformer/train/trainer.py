@@ -1,0 +1,267 @@
+"""The one training loop every recipe uses.
+
+A recipe hands the trainer a model and three functions:
+- ``batch_fn(step, micro) -> dict of tensors``: the micro-batch of the whole (global) batch for that update. It
+  must be a pure function of its arguments (e.g. draw from a generator seeded with the step), which makes the
+  step the data position: resuming at step s replays exactly the batches an uninterrupted run would see.
+- ``loss_fn(model, batch) -> (mean loss, number of tokens)``.
+- ``eval_fn(model) -> dict of metrics`` (optional), run every ``eval_every`` updates and at the end.
+
+It runs single-process or under ``torchrun`` (DDP: gloo on CPU, nccl on CUDA), where each process takes
+its share of the rows of every micro-batch, so N processes compute the same update as one process with the
+same global batch.
+
+A run directory holds ``train_config.json``, ``metrics.jsonl`` (one JSON record per logged step and per
+evaluation) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..io import atomic_write_text
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .optim import SCHEDULES, build_optimizer, lr_multiplier
+
+__all__ = ["TrainConfig", "Trainer", "init_distributed", "is_main_process"]
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    grad_accum: int = 1  # micro-batches per update
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    clip_grad_norm: float | None = 1.0
+    dtype: str = "float32"  # float32, or bfloat16 / float16 autocast
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 3
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ValueError("max_steps and grad_accum must be at least 1")
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return rank, world, torch.device(device)
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        run_dir: str | Path,
+        batch_fn: Callable[[int, int], dict],
+        loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, int]],
+        eval_fn: Callable[[nn.Module], dict] | None = None,
+    ):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.batch_fn, self.loss_fn, self.eval_fn = batch_fn, loss_fn, eval_fn
+        self.rank, self.world, self.device = init_distributed(config.device)
+        torch.manual_seed(config.seed + self.rank)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.betas,
+                                         config.eps)
+        c = config
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_multiplier(c.schedule, step, c.warmup_steps, c.max_steps, c.lr, c.min_lr_ratio),
+        )
+        self.ddp = None
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.step = 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self._tb = None
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if not is_main_process():
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step":
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "train_config": dataclasses.asdict(self.config),
+        }
+
+    def save(self) -> Path | None:
+        if not is_main_process():
+            return None
+        return save_checkpoint(self.checkpoint_dir, self.step, self.model, self._state(), self.config.keep_last)
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint in the run directory; False when there is none."""
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
+        # records past the checkpoint belong to the interrupted attempt; they are recomputed identically
+        if is_main_process() and self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= self.step]
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.config.dtype))
+
+    def _shard(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                if self.world > 1:
+                    if v.shape[0] % self.world:
+                        raise ValueError(f"batch of {v.shape[0]} rows does not split over {self.world} processes")
+                    v = v.chunk(self.world)[self.rank]
+                v = v.to(self.device, non_blocking=True)
+            out[k] = v
+        return out
+
+    def evaluate(self) -> dict:
+        if self.eval_fn is None or not is_main_process():
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.eval_fn(self.model)
+        self.model.train()
+        self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        return metrics
+
+    def last_eval(self) -> dict:
+        """The most recent evaluation record of the run (keys without the ``eval/`` prefix)."""
+        if not self.metrics_path.exists():
+            return {}
+        evals = [r for r in map(json.loads, self.metrics_path.read_text().splitlines())
+                 if any(k.startswith("eval/") for k in r)]
+        return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k != "step"} if evals else {}
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to ``max_steps``; returns the final evaluation metrics."""
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            atomic_write_text(self.run_dir / "train_config.json", json.dumps(dataclasses.asdict(c), indent=2))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+        if resume and self.resume():
+            if is_main_process():
+                print(f"resumed from step {self.step} ({latest_checkpoint(self.checkpoint_dir)})")
+            if self.step >= c.max_steps:
+                return self.last_eval()
+        elif not resume and is_main_process() and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        net = self.ddp or self.model
+        net.train()
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and is_main_process()),
+                   unit="step", dynamic_ncols=True)
+        tokens_seen, t0 = 0, time.perf_counter()
+        while self.step < c.max_steps:
+            # every update's randomness (dropout) is a function of (seed, rank, step): exact resume, also
+            # under DDP where the other processes' RNG states are not in the checkpoint
+            torch.manual_seed(c.seed * 1_000_003 + self.step * 1009 + self.rank)
+            loss_sum, tokens = 0.0, 0
+            for micro in range(c.grad_accum):
+                batch = self._shard(self.batch_fn(self.step, micro))
+                sync = self.ddp is None or micro == c.grad_accum - 1
+                with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                    loss, n = self.loss_fn(net, batch)
+                (loss / c.grad_accum).backward()
+                loss_sum += loss.detach().float()
+                tokens += n
+            grad_norm = None
+            if c.clip_grad_norm:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            tokens_seen += tokens * self.world
+            bar.update(1)
+            if self.step % c.log_every == 0 or self.step == c.max_steps:
+                loss_value = (loss_sum / c.grad_accum).item()
+                if self.world > 1:
+                    t = torch.tensor([loss_value], device=self.device)
+                    dist.all_reduce(t)
+                    loss_value = t.item() / self.world
+                elapsed = time.perf_counter() - t0
+                record = {"step": self.step, "loss": loss_value, "lr": lr,
+                          "tokens_per_s": float(tokens_seen) / max(elapsed, 1e-9)}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                self._log(record)
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
+                self.evaluate()
+            if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
+                self.save()
+        bar.close()
+        final = self.evaluate()
+        self.save()
+        if self._tb is not None:
+            self._tb.close()
+        return final

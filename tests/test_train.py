@@ -1,0 +1,119 @@
+"""The trainer: schedules, atomic checkpoints, exact resume after a kill, 2-process DDP, averaging."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from roformer.train import TrainConfig, average_checkpoints, list_checkpoints, lr_multiplier
+from roformer.train import checkpoint as ckpt
+
+from .conftest import REPO, require_data
+
+HELPER = str(Path(__file__).with_name("train_helper.py"))
+
+
+def run_helper(*args, launcher=(sys.executable,), expect_returncode=0):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([*launcher, HELPER, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == expect_returncode, proc.stderr[-3000:]
+    return proc
+
+
+def losses(run_dir: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("loss"), r.get("eval/bpc")) for r in records]
+
+
+def test_inverse_sqrt_schedule_of_the_paper():
+    peak, warmup = 5e-4, 100
+    lrs = [peak * lr_multiplier("inverse_sqrt", s, warmup, 10_000, peak) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-7 + (peak - 1e-7) / warmup)  # from 1e-7, linearly
+    assert lrs[warmup - 1] == pytest.approx(peak)
+    assert lrs[4 * warmup - 1] == pytest.approx(peak / 2)  # peak * sqrt(warmup / step)
+    assert all(a < b for a, b in zip(lrs[: warmup - 1], lrs[1:warmup], strict=True))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_decay_schedules_end_at_the_floor(schedule):
+    values = [lr_multiplier(schedule, s, 10, 100, 1.0, min_ratio=0.1) for s in range(100)]
+    assert values[9] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))
+
+
+def test_bad_train_config_is_rejected():
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="exp")
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="int8")
+
+
+def test_checkpoint_write_is_atomic_and_keeps_the_last_k(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    before = load_file(str(tmp_path / "step-00000003" / "model.safetensors"))
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, 4, model, {"step": 4}, keep_last=2)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000003"  # no half-written step-4 under a real name
+    after = load_file(str(tmp_path / "step-00000003" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_average_of_checkpoints(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    weights = []
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.normal_()
+        weights.append(model.weight.detach().clone())
+        ckpt.save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=5)
+    avg = average_checkpoints(list_checkpoints(tmp_path))
+    torch.testing.assert_close(avg["weight"], torch.stack(weights).mean(0))
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
+    require_data("enwik8")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_helper("full", full)
+    run_helper("kill-at", killed, 17, expect_returncode=-9)  # really killed (SIGKILL), mid-run
+    assert [p.name for p in list_checkpoints(killed / "checkpoints")][-1] == "step-00000010"
+    assert max(s for s, *_ in losses(killed)) == 15  # it logged past its last checkpoint
+    run_helper("resume", killed)
+    assert losses(killed) == losses(full)  # every logged loss and evaluation, bit for bit
+    a = load_file(str(full / "model" / "model.safetensors"))
+    b = load_file(str(killed / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+    run_helper("single", tmp_path / "single")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517")
+    run_helper("ddp", tmp_path / "ddp", launcher=torchrun)
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert [s for s, *_ in single] == [s for s, *_ in ddp] == list(range(1, 7))
+    for (_, a, _), (_, b, _) in zip(single, ddp, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-5)
+    ws = load_file(str(tmp_path / "single" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    wd = load_file(str(tmp_path / "ddp" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    for k in ws:
+        torch.testing.assert_close(wd[k], ws[k], rtol=1e-4, atol=1e-5)
+    # and the update was not trivial
+    assert single[0][1] - single[-1][1] > 0.05
