@@ -7,6 +7,7 @@ import torch
 
 from roformer import KVCache, MultiHeadAttention, RotaryEmbedding
 from roformer.attention import attention_bias
+from roformer.position import PositionalAttention
 
 
 def explicit_attention(attn: MultiHeadAttention, x, positions, allowed):
@@ -28,7 +29,7 @@ def test_sdpa_equals_explicit_formula_with_padding(causal):
     padding[1, 6:] = False
     rope = RotaryEmbedding(8)
     bias = attention_bias(padding, 9, 9, causal, torch.float64)
-    got = attn(x, rope.cos_sin(9), bias)
+    got = attn(x, PositionalAttention(rope=rope.cos_sin(9)), bias)
     allowed = padding[:, None, None, :] & (torch.ones(9, 9).tril().bool() if causal else True)
     expected = explicit_attention(attn, x, None, allowed)
     torch.testing.assert_close(got[0], expected[0])
@@ -40,7 +41,7 @@ def test_fully_masked_rows_stay_finite():
     attn = MultiHeadAttention(16, 2).eval()
     x = torch.randn(1, 5, 16)
     padding = torch.tensor([[0, 0, 1, 1, 1]])
-    out = attn(x, RotaryEmbedding(8).cos_sin(5), attention_bias(padding, 5, 5, True, torch.float32))
+    out = attn(x, PositionalAttention(rope=RotaryEmbedding(8).cos_sin(5)), attention_bias(padding, 5, 5, True, torch.float32))
     assert torch.isfinite(out).all()
 
 
@@ -49,12 +50,12 @@ def test_kv_cache_decoding_equals_full_pass():
     attn = MultiHeadAttention(32, 4).eval()
     rope = RotaryEmbedding(8)
     x = torch.randn(2, 12, 32)
-    full = attn(x, rope.cos_sin(12), is_causal=True)
+    full = attn(x, PositionalAttention(rope=rope.cos_sin(12)), is_causal=True)
     cache = KVCache(1)
-    steps = [attn(x[:, :5], rope.cos_sin(5), is_causal=True, kv_cache=cache)]
+    steps = [attn(x[:, :5], PositionalAttention(rope=rope.cos_sin(5)), is_causal=True, kv_cache=cache)]
     for t in range(5, 12):
         bias = attention_bias(None, 1, t + 1, True, torch.float32)
-        steps.append(attn(x[:, t : t + 1], rope.cos_sin(1, positions=t), bias, kv_cache=cache))
+        steps.append(attn(x[:, t : t + 1], PositionalAttention(rope=rope.cos_sin(1, positions=t)), bias, kv_cache=cache))
     assert cache.seq_len == 12
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 

@@ -14,11 +14,17 @@ instead of NaN, and NaN can never leak into real tokens.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .rope import apply_rotary
+
+if TYPE_CHECKING:
+    from .position import PositionalAttention
 
 __all__ = ["KVCache", "MultiHeadAttention", "attention_bias"]
 
@@ -100,25 +106,37 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        rope: tuple[Tensor, Tensor] | None = None,
+        pos: PositionalAttention | None = None,
         bias: Tensor | None = None,
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
-        """``rope``: the (cos, sin) of this block's positions (``RotaryEmbedding.cos_sin``), or None for no
-        rotation. ``bias``: from :func:`attention_bias`. ``is_causal`` is only a fast path for an unpadded,
-        uncached causal block; a causal mask otherwise goes in ``bias``."""
+        """``pos``: what the position encoding contributes (RoPE's cos/sin, a score bias, Shaw's relative
+        keys), or None. ``bias``: the mask from :func:`attention_bias`. ``is_causal`` alone (no bias) is SDPA's
+        causal fast path for an unpadded, uncached block."""
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(2)
-        if rope is not None:
-            cos, sin = rope
-            q = apply_rotary(q, cos, sin, self.interleaved)
-            k = apply_rotary(k, cos, sin, self.interleaved)
-            if self.rotary_value:
-                v = apply_rotary(v, cos, sin, self.interleaved)
+        score_bias = None
+        if pos is not None:
+            if pos.rope is not None:
+                cos, sin = pos.rope
+                q = apply_rotary(q, cos, sin, self.interleaved)
+                k = apply_rotary(k, cos, sin, self.interleaved)
+                if self.rotary_value:
+                    v = apply_rotary(v, cos, sin, self.interleaved)
+            score_bias = pos.bias
+            if pos.shaw_keys is not None:  # q_m . a_(n-m), scaled like q . k
+                shaw = torch.einsum("bhqd,qkd->bhqk", q, pos.shaw_keys.to(q.dtype)) / math.sqrt(self.head_dim)
+                score_bias = shaw if score_bias is None else score_bias + shaw
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
+        if score_bias is not None:
+            if bias is None and is_causal:
+                bias = attention_bias(None, seq, k.shape[-2], True, q.dtype, q.device)
+            bias = score_bias.to(q.dtype) if bias is None else bias.to(q.dtype) + score_bias.to(q.dtype)
+        elif bias is not None:
+            bias = bias.to(q.dtype)
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -45,6 +45,7 @@ class TransformerBlock(nn.Module):
 
     ``norm_first=False`` is the post-LayerNorm block of BERT and RoFormer: x = LN(x + sublayer(x)).
     ``norm_first=True`` is the pre-LayerNorm block of GPT-2 and later: x = x + sublayer(LN(x)).
+    ``attention`` replaces the softmax self-attention (e.g. by ``LinearAttention``).
     """
 
     def __init__(
@@ -59,9 +60,10 @@ class TransformerBlock(nn.Module):
         norm_first: bool = False,
         rotary_value: bool = False,
         interleaved: bool = True,
+        attention: nn.Module | None = None,
     ):
         super().__init__()
-        self.attn = MultiHeadAttention(
+        self.attn = attention or MultiHeadAttention(
             hidden_size, num_heads, attention_dropout, rotary_value=rotary_value, interleaved=interleaved
         )
         self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -73,14 +75,14 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
-        rope=None,
+        pos=None,
         bias: Tensor | None = None,
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
         if self.norm_first:
-            x = x + self.dropout(self.attn(self.attn_norm(x), rope, bias, is_causal, kv_cache, layer))
+            x = x + self.dropout(self.attn(self.attn_norm(x), pos, bias, is_causal, kv_cache, layer))
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, rope, bias, is_causal, kv_cache, layer)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, pos, bias, is_causal, kv_cache, layer)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))

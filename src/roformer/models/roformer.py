@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..attention import KVCache, attention_bias
 from ..layers import TransformerBlock, activation
-from ..rope import RotaryEmbedding
+from ..position import POSITIONS, build_position
 
 __all__ = [
     "RoFormerConfig",
@@ -61,6 +61,7 @@ class RoFormerConfig:
     num_labels: int = 2
     problem_type: str | None = None  # regression | single_label_classification | multi_label_classification
     rope_theta: float = 10000.0  # not in HuggingFace's config, which always uses 10000
+    position: str = "rope"  # or a baseline: none, learned (BERT), sinusoidal, shaw, t5, alibi (not HF-loadable)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other config.json keys, kept as read
 
     def __post_init__(self):
@@ -74,6 +75,8 @@ class RoFormerConfig:
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim; hidden_size / num_attention_heads = {self.head_dim}")
         activation(self.hidden_act)
+        if self.position not in POSITIONS:
+            raise ValueError(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
         if self.problem_type not in (None, "regression", "single_label_classification",
                                      "multi_label_classification"):
             raise ValueError(f"unknown problem_type {self.problem_type!r}")
@@ -179,7 +182,8 @@ class RoFormerPreTrainedModel(nn.Module):
 
 
 class RoFormerModel(RoFormerPreTrainedModel):
-    """The encoder: embeddings (no absolute positions) and a stack of post-LayerNorm blocks with RoPE."""
+    """The encoder: embeddings (no absolute positions) and a stack of post-LayerNorm blocks with RoPE (or, for
+    the paper's baselines, another ``position`` encoding)."""
 
     def __init__(self, config: RoFormerConfig):
         super().__init__(config)
@@ -191,7 +195,10 @@ class RoFormerModel(RoFormerPreTrainedModel):
             nn.Linear(c.embedding_size, c.hidden_size) if c.embedding_size != c.hidden_size else None
         )
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
-        self.rope = RotaryEmbedding(c.head_dim, base=c.rope_theta)
+        self.position = build_position(
+            c.position, hidden_size=c.embedding_size, num_heads=c.num_attention_heads, head_dim=c.head_dim,
+            causal=c.is_decoder, max_positions=c.max_position_embeddings, rope_theta=c.rope_theta,
+        )
         self.layers = nn.ModuleList(
             TransformerBlock(
                 c.hidden_size,
@@ -234,12 +241,15 @@ class RoFormerModel(RoFormerPreTrainedModel):
             x = inputs_embeds + self.token_type_embeddings.weight[0]
         else:
             x = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        offset = kv_cache.seq_len if kv_cache is not None else 0
+        if positions is not None and not isinstance(positions, int) and self.config.position != "rope":
+            raise ValueError(f"position tensors need position='rope'; {self.config.position!r} takes an int offset")
+        x = self.position.embed(x, offset if positions is None else positions)  # absolute schemes, as in BERT
         x = self.dropout(self.embedding_norm(x))
         if self.embedding_project is not None:
             x = self.embedding_project(x)
 
-        offset = kv_cache.seq_len if kv_cache is not None else 0
-        rope = self.rope.cos_sin(seq, offset if positions is None else positions, x.device)
+        pos = self.position.attention(seq, offset + seq, offset if positions is None else positions, x.device)
         causal = self.config.is_decoder
         if attention_mask is None and offset == 0:
             bias = None  # no mask at all, or SDPA's own causal mask
@@ -247,7 +257,7 @@ class RoFormerModel(RoFormerPreTrainedModel):
             dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
             bias = attention_bias(attention_mask, seq, offset + seq, causal, dtype, x.device)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, bias, is_causal=causal, kv_cache=kv_cache, layer=i)
+            x = layer(x, pos, bias, is_causal=causal, kv_cache=kv_cache, layer=i)
         return x
 
 
@@ -320,32 +330,12 @@ class RoFormerForCausalLM(_WithEncoder):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
         return ModelOutput(logits=logits, loss=loss, last_hidden_state=h, kv_cache=kv_cache)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
         """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``)."""
-        cache = KVCache(self.config.num_hidden_layers)
-        logits = self(input_ids, kv_cache=cache).logits[:, -1]
-        out = [input_ids]
-        for step in range(max_new_tokens):
-            if temperature == 0:
-                next_id = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits.float() / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            out.append(next_id)
-            if step + 1 < max_new_tokens:
-                logits = self(next_id, kv_cache=cache).logits[:, -1]
-        return torch.cat(out, dim=1)
+        from .generation import sample
+
+        return sample(self, input_ids, max_new_tokens, self.config.num_hidden_layers, temperature, top_k, generator)
 
 
 class ClassificationHead(nn.Module):

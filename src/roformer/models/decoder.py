@@ -1,0 +1,147 @@
+"""A GPT-style causal language model (pre-LayerNorm) with the position encoding and the attention as
+switches: the model of the paper's language-model comparisons (§4.4 Performer with/without RoPE on enwik8;
+§4.6-4.7 RoPE against learned absolute and T5 relative positions).
+
+``position``: none | learned | sinusoidal | shaw | t5 | alibi | rope (``roformer.position``).
+``attention``: softmax (SDPA, KV cache) | linear (Eq. 18-19, feature map elu or favor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from ..attention import KVCache
+from ..io import atomic_write, atomic_write_text
+from ..layers import TransformerBlock
+from ..linear_attention import LinearAttention
+from ..position import POSITIONS, build_position
+from ..train.losses import token_cross_entropy
+from .roformer import ModelOutput
+
+__all__ = ["DecoderConfig", "DecoderLM"]
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int | None = None  # None: 4 x hidden_size
+    dropout: float = 0.1
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    position: str = "rope"
+    max_positions: int = 1024  # only the learned absolute table has a maximum
+    rope_theta: float = 10000.0
+    attention: str = "softmax"
+    feature_map: str = "favor"  # linear attention: favor (Performer) or elu
+    num_features: int | None = None  # random features per head (favor); None: head_dim
+    redraw_interval: int = 1000
+    rope_mode: str = "eq19"  # linear attention: eq19 (the paper) or before_feature_map
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.position not in POSITIONS:
+            raise ValueError(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
+        if self.attention not in ("softmax", "linear"):
+            raise ValueError(f"attention must be 'softmax' or 'linear', got {self.attention!r}")
+        if self.attention == "linear" and self.position in ("shaw", "t5", "alibi"):
+            raise ValueError(f"{self.position!r} adds to a score matrix that linear attention never forms")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        c = self.config = config
+        head_dim = c.hidden_size // c.num_heads
+        self.embed = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.position = build_position(c.position, hidden_size=c.hidden_size, num_heads=c.num_heads,
+                                       head_dim=head_dim, causal=True, max_positions=c.max_positions,
+                                       rope_theta=c.rope_theta)
+        self.dropout = nn.Dropout(c.dropout)
+
+        def attention():
+            if c.attention == "softmax":
+                return None  # the block's default SDPA attention
+            return LinearAttention(c.hidden_size, c.num_heads, c.feature_map, c.num_features, c.redraw_interval,
+                                   c.rope_mode, c.rope_theta)
+
+        self.layers = nn.ModuleList(
+            TransformerBlock(c.hidden_size, c.num_heads, c.intermediate_size, c.hidden_act, c.dropout, c.dropout,
+                             c.layer_norm_eps, norm_first=True, attention=attention())
+            for _ in range(c.num_layers)
+        )
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        self.apply(self._init)
+        if c.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, kv_cache: KVCache | None = None) -> ModelOutput:
+        """``labels`` are the input ids (shifted inside): position t is scored on token t+1."""
+        if input_ids.ndim != 2 or input_ids.is_floating_point():
+            raise ValueError(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)}")
+        if kv_cache is not None and self.config.attention != "softmax":
+            raise ValueError("linear attention keeps no KV cache; call without kv_cache")
+        seq = input_ids.shape[1]
+        offset = kv_cache.seq_len if kv_cache is not None else 0
+        x = self.dropout(self.position.embed(self.embed(input_ids), offset))
+        pos = self.position.attention(seq, offset + seq, offset, x.device)
+        bias = None
+        if offset:  # new tokens after cached ones: a causal mask aligned to the end
+            from ..attention import attention_bias
+
+            bias = attention_bias(None, seq, offset + seq, True, x.dtype, x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, bias, is_causal=True, kv_cache=kv_cache, layer=i)
+        logits = self.lm_head(self.norm(x))
+        loss = None if labels is None else token_cross_entropy(logits[:, :-1], labels[:, 1:])[0]
+        return ModelOutput(logits=logits, loss=loss, kv_cache=kv_cache)
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        from .generation import sample
+
+        return sample(self, input_ids, max_new_tokens, self.config.num_layers, temperature, top_k, generator,
+                      use_cache=self.config.attention == "softmax")
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / "model.safetensors", lambda tmp: save_model(self, tmp))
+        config = {"model_type": "roformer-decoder", **dataclasses.asdict(self.config)}
+        atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> DecoderLM:
+        directory = Path(directory)
+        path = directory / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
+        config = json.loads(path.read_text())
+        if config.pop("model_type", None) != "roformer-decoder":
+            raise ValueError(f"{directory} does not hold a DecoderLM (model_type is not 'roformer-decoder')")
+        model = cls(DecoderConfig(**config))
+        load_model(model, str(directory / "model.safetensors"))
+        return model

@@ -1,0 +1,223 @@
+"""Position encodings behind one interface: the baselines the paper compares RoPE with (§2.2-2.3) and RoPE.
+
+A position encoding can act in two places, and each scheme uses one:
+- on the input, adding a vector per absolute position to the token embeddings (``embed``):
+  ``learned`` (BERT / GPT, Eq. 3 with trainable p_i) and ``sinusoidal`` (Vaswani et al., Eq. 4);
+- inside attention (``attention``), through a :class:`PositionalAttention` handed to every layer:
+  ``rope`` rotates q and k (Eq. 16); ``shaw`` adds q_m . a_clip(n-m) to the score (Shaw et al., Eq. 5-6,
+  relative key embeddings clipped at a maximum distance); ``t5`` adds a learnt per-head bias of the bucketed
+  relative distance (Raffel et al., Eq. 10's b_(i,j)); ``alibi`` (beyond the paper) adds -slope_h * |m - n|.
+``none`` does neither. Relative schemes depend on n - m only, so a shift of every position leaves every
+score unchanged; tests check that for each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .rope import RotaryEmbedding
+
+__all__ = ["POSITIONS", "PositionalAttention", "PositionEncoding", "build_position", "t5_bucket", "alibi_slopes"]
+
+POSITIONS = ("none", "learned", "sinusoidal", "shaw", "t5", "alibi", "rope")
+
+
+@dataclass
+class PositionalAttention:
+    """What a position encoding contributes to every attention layer of one forward pass."""
+
+    offset: int | Tensor | None = None  # positions of the new tokens (RotaryEmbedding's forms)
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin for the new tokens (head-dim RoPE is on)
+    bias: Tensor | None = None  # additive score bias broadcastable to (batch, heads, q, k)
+    shaw_keys: Tensor | None = None  # (q, k, head_dim) relative key embeddings a_(m, n)
+
+
+class PositionEncoding(nn.Module):
+    """No position information (``none``); the base of the others."""
+
+    name = "none"
+
+    def embed(self, x: Tensor, offset: int) -> Tensor:
+        """Token embeddings (batch, seq, hidden) of positions offset .. offset+seq-1 -> input to layer 1."""
+        return x
+
+    def attention(self, q_len: int, k_len: int, offset, device) -> PositionalAttention:
+        """Per-forward inputs to attention for q_len new tokens after offset cached ones (k_len in all)."""
+        return PositionalAttention(offset=offset)
+
+    @property
+    def has_score_bias(self) -> bool:
+        return False
+
+
+class LearnedAbsolute(PositionEncoding):
+    """p_i trainable, added to the token embedding of position i (BERT, GPT). Limited to ``max_positions``."""
+
+    name = "learned"
+
+    def __init__(self, hidden_size: int, max_positions: int):
+        super().__init__()
+        self.embeddings = nn.Embedding(max_positions, hidden_size)
+        nn.init.normal_(self.embeddings.weight, std=0.02)
+
+    def embed(self, x: Tensor, offset: int) -> Tensor:
+        end = offset + x.shape[1]
+        if end > self.embeddings.num_embeddings:
+            raise ValueError(f"learned absolute positions stop at {self.embeddings.num_embeddings}; "
+                             f"position {end - 1} was asked for (RoPE has no such limit)")
+        return x + self.embeddings.weight[offset:end]
+
+
+class SinusoidalAbsolute(PositionEncoding):
+    """Vaswani et al.: p_(i,2t) = sin(i / 10000^(2t/d)), p_(i,2t+1) = cos(i / 10000^(2t/d)) (Eq. 4)."""
+
+    name = "sinusoidal"
+
+    def __init__(self, hidden_size: int, base: float = 10000.0):
+        super().__init__()
+        if hidden_size % 2:
+            raise ValueError(f"sinusoidal positions need an even hidden size, got {hidden_size}")
+        self.hidden_size, self.base = hidden_size, base
+
+    def embed(self, x: Tensor, offset: int) -> Tensor:
+        from .rope import rotary_cos_sin
+
+        cos, sin = rotary_cos_sin(torch.arange(offset, offset + x.shape[1], device=x.device), self.hidden_size,
+                                  self.base)
+        table = torch.stack((sin, cos), dim=-1).flatten(-2)  # sin at even features, cos at odd ones
+        return x + table.to(x.dtype)
+
+
+class Rotary(PositionEncoding):
+    """RoPE (ours, §3): rotates queries and keys in every layer."""
+
+    name = "rope"
+
+    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True):
+        super().__init__()
+        self.rotary = RotaryEmbedding(dim, base, interleaved)
+
+    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+        return PositionalAttention(offset=offset, rope=self.rotary.cos_sin(q_len, offset, device))
+
+
+def _relative(q_len: int, k_len: int, device) -> Tensor:
+    """n - m for the q_len newest queries (at positions k_len-q_len ..) against all k_len keys."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)
+    return torch.arange(k_len, device=device)[None, :] - q_pos[:, None]
+
+
+class ShawRelative(PositionEncoding):
+    """Shaw et al. (2018): a learnt vector a_r per clipped relative distance r = clip(n - m, -k, k), added to
+    the keys inside each head: score_(m,n) = q_m . (k_n + a_(n-m)) / sqrt(d). (The value-side term of
+    Shaw et al. is left out, as in most later use and in the paper's Eq. 5 comparison of the key term.)"""
+
+    name = "shaw"
+
+    def __init__(self, head_dim: int, max_distance: int = 16):
+        super().__init__()
+        self.max_distance = max_distance
+        self.keys = nn.Embedding(2 * max_distance + 1, head_dim)
+        nn.init.normal_(self.keys.weight, std=0.02)
+
+    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+        rel = _relative(q_len, k_len, device).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return PositionalAttention(offset=offset, shaw_keys=self.keys(rel))
+
+    @property
+    def has_score_bias(self) -> bool:
+        return True
+
+
+def t5_bucket(relative: Tensor, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
+    """T5's bucket of a relative distance n - m: exact buckets for short distances, logarithmically wider
+    ones up to ``max_distance`` (everything beyond shares the last); with ``bidirectional`` half the buckets
+    are for keys after the query. A causal model (``bidirectional=False``) only sees n <= m."""
+    bucket = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    exact = num_buckets // 2
+    log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    large = (exact + (log_ratio * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
+    return bucket + torch.where(distance < exact, distance, large)
+
+
+class T5RelativeBias(PositionEncoding):
+    """Raffel et al. (T5): a learnt scalar per head and relative-distance bucket added to the attention
+    logits (32 buckets up to distance 128, as in T5)."""
+
+    name = "t5"
+
+    def __init__(self, num_heads: int, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
+        self.bias = nn.Embedding(num_buckets, num_heads)
+        nn.init.normal_(self.bias.weight, std=0.02)
+
+    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+        buckets = t5_bucket(_relative(q_len, k_len, device), self.bidirectional, self.num_buckets,
+                            self.max_distance)
+        return PositionalAttention(offset=offset, bias=self.bias(buckets).permute(2, 0, 1)[None])
+
+    @property
+    def has_score_bias(self) -> bool:
+        return True
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's head slopes: the geometric sequence 2^(-8/n), 2^(-16/n), ... for n heads when n is a power of
+    two; otherwise those of the nearest lower power of two followed by every other slope of twice as many."""
+    def geometric(n: int) -> list[float]:
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        return torch.tensor(geometric(num_heads))
+    lower = 2 ** math.floor(math.log2(num_heads))
+    return torch.tensor(geometric(lower) + geometric(2 * lower)[0::2][: num_heads - lower])
+
+
+class ALiBi(PositionEncoding):
+    """Press et al. (2022), beyond the paper: score_(m,n) += -slope_h * |n - m| (no learnt parameters)."""
+
+    name = "alibi"
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
+
+    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+        distance = _relative(q_len, k_len, device).abs().float()
+        return PositionalAttention(offset=offset, bias=(-self.slopes.to(device)[:, None, None] * distance)[None])
+
+    @property
+    def has_score_bias(self) -> bool:
+        return True
+
+
+def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int, causal: bool,
+                   max_positions: int = 1024, rope_theta: float = 10000.0, rotary_dim: int | None = None,
+                   shaw_max_distance: int = 16) -> PositionEncoding:
+    if name == "none":
+        return PositionEncoding()
+    if name == "learned":
+        return LearnedAbsolute(hidden_size, max_positions)
+    if name == "sinusoidal":
+        return SinusoidalAbsolute(hidden_size)
+    if name == "rope":
+        return Rotary(rotary_dim or head_dim, rope_theta)
+    if name == "shaw":
+        return ShawRelative(head_dim, shaw_max_distance)
+    if name == "t5":
+        return T5RelativeBias(num_heads, bidirectional=not causal)
+    if name == "alibi":
+        return ALiBi(num_heads)
+    raise ValueError(f"unknown position encoding {name!r}; use one of {', '.join(POSITIONS)}")
