@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _decay(args: argparse.Namespace) -> None:
@@ -46,6 +47,21 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {out.parent / 'curves.png'}")
 
 
+EXPERIMENTS = ("performer_lm", "pe_compare")
+
+
+def _experiment(args: argparse.Namespace) -> None:
+    import importlib
+
+    recipe = importlib.import_module(f"roformer.experiments.{args.name}")
+    out = args.out or f"reports/{args.name}"
+    command = "roformer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("roformer") else ""
+    recipe.run(args.preset, args.data_dir, out, args.resume, args.device, args.dtype, args.max_steps,
+               command=command)
+    print(f"report: {out}/report.md")
+    print((Path(out) / "report.md").read_text())
+
+
 def _add_common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--preset", default="small", help="smoke | small | paper")
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $ROFORMER_DATA_DIR)")
@@ -77,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="enwik8 (default) or tinyshakespeare")
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
     p.set_defaults(func=_train)
+
+    p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
+    p.add_argument("name", choices=EXPERIMENTS, help="performer_lm (§4.4) | pe_compare (§4.6-4.7)")
+    _add_common(p, None)
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
+    p.set_defaults(func=_experiment)
 
     p = verbs.add_parser("generate", help="sample text from a trained byte-level causal LM")
     p.add_argument("--model", default="runs/enwik8/model", help="saved model directory")

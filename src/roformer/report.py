@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["read_metrics", "read_summary", "plot_curves", "write_run_report", "compare_runs"]
+__all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -64,7 +64,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -77,7 +77,7 @@ def write_run_report(run_dir: str | Path, title: str, command: str, notes: str =
     plot_curves({run_dir.name: run_dir}, run_dir / "loss.png", title=title)
     final = summary.get("final", {})
     parts = [f"# {title}", "", f"Produced by: `{command}`", "", "## Final metrics", "",
-             _table([final], list(final)), "", "![training and validation loss](loss.png)", ""]
+             markdown_table([final], list(final)), "", "![training and validation loss](loss.png)", ""]
     if notes:
         parts += [notes, ""]
     if "config" in summary:
@@ -101,6 +101,6 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
             k.removeprefix("eval/"): v for k, v in read_metrics(d)[-1].items() if k != "step"}
         rows.append({"run": name, **final})
         columns += [k for k in final if k not in columns]
-    text = "\n".join([f"# {title}", "", _table(rows, columns), "", "![curves](curves.png)", ""])
+    text = "\n".join([f"# {title}", "", markdown_table(rows, columns), "", "![curves](curves.png)", ""])
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"

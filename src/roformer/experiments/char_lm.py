@@ -21,7 +21,8 @@ from ..data.corpora import load_bytes_corpus
 from ..data.tokenizer import byte_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForCausalLM
 from ..report import write_run_report
-from ..train import TrainConfig, Trainer, is_main_process, token_cross_entropy
+from ..train import TrainConfig, Trainer, is_main_process
+from ..train.lm import next_token_loss, stream_loss, window_batches
 
 
 @dataclass
@@ -78,20 +79,9 @@ def _as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def bits_per_character(model, data: torch.Tensor, seq_len: int, batch_size: int = 16) -> float:
+def bits_per_character(model, data: torch.Tensor, seq_len: int) -> float:
     """Mean negative log2-likelihood per predicted byte over non-overlapping windows of ``seq_len + 1``."""
-    n_windows = (len(data) - 1) // seq_len
-    if n_windows < 1:
-        raise ValueError(f"validation data of {len(data)} bytes is shorter than one window of {seq_len + 1}")
-    windows = torch.stack([data[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)]).long()
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    for start in range(0, n_windows, batch_size):
-        x = windows[start : start + batch_size].to(device)
-        logits = model(x[:, :-1]).logits.float()
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
-        count += x[:, 1:].numel()
-    return total / count / math.log(2)
+    return stream_loss(model, data, seq_len) / math.log(2)
 
 
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", resume: bool = False,
@@ -106,22 +96,13 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
     torch.manual_seed(c.train.seed)
     model = RoFormerForCausalLM(model_config(c))
 
-    def batch_fn(step: int, micro: int) -> dict:
-        g = torch.Generator().manual_seed(c.train.seed * 7919 + step * c.train.grad_accum + micro)
-        rows = c.batch_size // c.train.grad_accum
-        starts = torch.randint(len(train) - c.seq_len - 1, (rows,), generator=g)
-        return {"input_ids": torch.stack([train[s : s + c.seq_len + 1] for s in starts.tolist()]).long()}
-
-    def loss_fn(net, batch):
-        x = batch["input_ids"]
-        return token_cross_entropy(net(x[:, :-1]).logits, x[:, 1:])
-
     def eval_fn(net) -> dict:
         bpc = bits_per_character(net, valid, c.seq_len)
         return {"bpc": bpc, "loss": bpc * math.log(2)}
 
     started = time.perf_counter()
-    final = Trainer(model, c.train, out, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+    batch_fn = window_batches(train, c.seq_len, c.batch_size, c.train.seed, c.train.grad_accum)
+    final = Trainer(model, c.train, out, batch_fn, next_token_loss, eval_fn).fit(resume=resume)
     if not is_main_process():
         return final
     model.eval()

@@ -1,0 +1,56 @@
+"""Train several decoder-LM variants on the same token stream, with the same seed, data order and budget,
+and collect their curves and final validation loss: the shared core of the §4.4 and §4.6-4.7 recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..models.decoder import DecoderConfig, DecoderLM
+from ..train import TrainConfig, Trainer, is_main_process
+from ..train.lm import next_token_loss, stream_loss, window_batches
+
+
+def train_variants(variants: dict[str, DecoderConfig], train: torch.Tensor, valid: torch.Tensor, seq_len: int,
+                   batch_size: int, train_config: TrainConfig, out: Path, resume: bool = False) -> dict[str, dict]:
+    """Train each variant in ``out/<name>`` and return {name: summary}; a finished variant is not retrained
+    when ``resume`` is set."""
+    results = {}
+    for name, config in variants.items():
+        run_dir = out / name
+        torch.manual_seed(train_config.seed)
+        model = DecoderLM(config)
+        batch_fn = window_batches(train, seq_len, batch_size, train_config.seed, train_config.grad_accum)
+        started = time.perf_counter()
+        trainer = Trainer(model, train_config, run_dir, batch_fn, next_token_loss,
+                          lambda net: {"loss": stream_loss(net, valid, seq_len)})
+        final = trainer.fit(resume=resume)
+        if not is_main_process():
+            continue
+        summary = {
+            "final": {"validation_loss": final["loss"], "perplexity": math.exp(final["loss"]),
+                      "parameters": sum(p.numel() for p in model.parameters()),
+                      "minutes": (time.perf_counter() - started) / 60},
+            "config": dataclasses.asdict(config),
+            "train": dataclasses.asdict(train_config),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        model.save_pretrained(run_dir / "model")
+        results[name] = summary
+    return results
+
+
+def eval_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, validation loss) of a run, in step order."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated step at which the curve is at or below ``target`` (None if never)."""
+    return next((step for step, loss in curve if loss <= target), None)

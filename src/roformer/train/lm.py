@@ -1,0 +1,54 @@
+"""Language modelling on a token stream: random training windows, a pure function of the step, and
+held-out loss over non-overlapping windows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .losses import token_cross_entropy
+
+__all__ = ["window_batches", "next_token_loss", "stream_loss"]
+
+
+def window_batches(data: Tensor, seq_len: int, batch_size: int, seed: int, grad_accum: int = 1
+                   ) -> Callable[[int, int], dict]:
+    """``batch_fn(step, micro)`` drawing ``batch_size / grad_accum`` windows of ``seq_len + 1`` tokens from
+    ``data`` with a generator seeded by (seed, step, micro): the step is the data position."""
+    if len(data) <= seq_len + 1:
+        raise ValueError(f"training data of {len(data)} tokens is shorter than one window of {seq_len + 1}")
+    if batch_size % grad_accum:
+        raise ValueError(f"batch size {batch_size} does not split into {grad_accum} micro-batches")
+    rows = batch_size // grad_accum
+
+    def batch_fn(step: int, micro: int) -> dict:
+        g = torch.Generator().manual_seed(seed * 7919 + step * grad_accum + micro)
+        starts = torch.randint(len(data) - seq_len - 1, (rows,), generator=g).tolist()
+        return {"input_ids": torch.stack([data[s : s + seq_len + 1] for s in starts]).long()}
+
+    return batch_fn
+
+
+def next_token_loss(model, batch: dict) -> tuple[Tensor, Tensor]:
+    """Mean next-token cross-entropy of a window batch, and the number of predicted tokens."""
+    x = batch["input_ids"]
+    return token_cross_entropy(model(x[:, :-1]).logits, x[:, 1:])
+
+
+@torch.no_grad()
+def stream_loss(model, data: Tensor, seq_len: int, batch_size: int = 16) -> float:
+    """Mean next-token loss (nats) over non-overlapping windows of ``seq_len + 1`` tokens covering ``data``."""
+    n_windows = (len(data) - 1) // seq_len
+    if n_windows < 1:
+        raise ValueError(f"evaluation data of {len(data)} tokens is shorter than one window of {seq_len + 1}")
+    windows = torch.stack([data[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)]).long()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, n_windows, batch_size):
+        x = windows[start : start + batch_size].to(device)
+        loss, n = token_cross_entropy(model(x[:, :-1]).logits, x[:, 1:])
+        total += loss.item() * int(n)
+        count += int(n)
+    return total / count
