@@ -4,7 +4,7 @@ DATA_DIR ?= ../shared/data
 TORCH   := torch==2.13.0
 STAMP   := .venv/.installed
 
-.PHONY: setup main test bench lint clean
+.PHONY: setup main test bench experiments clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rope_encoder.py
+	$(PY) benchmarks/bench_linear_attention.py
+
+# the committed reports under reports/ (small presets, about an hour on 2 CPU cores in all)
+experiments: $(STAMP)
+	.venv/bin/roformer experiment pe_compare --preset small --data-dir $(DATA_DIR) --out reports/pe_compare
+	.venv/bin/roformer experiment performer_lm --preset small --data-dir $(DATA_DIR) --out reports/performer_lm
+	.venv/bin/roformer experiment mlm --preset small --data-dir $(DATA_DIR) --out reports/mlm
 
 clean:
 	rm -rf .venv runs

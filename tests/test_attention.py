@@ -41,7 +41,8 @@ def test_fully_masked_rows_stay_finite():
     attn = MultiHeadAttention(16, 2).eval()
     x = torch.randn(1, 5, 16)
     padding = torch.tensor([[0, 0, 1, 1, 1]])
-    out = attn(x, PositionalAttention(rope=RotaryEmbedding(8).cos_sin(5)), attention_bias(padding, 5, 5, True, torch.float32))
+    pos = PositionalAttention(rope=RotaryEmbedding(8).cos_sin(5))
+    out = attn(x, pos, attention_bias(padding, 5, 5, True, torch.float32))
     assert torch.isfinite(out).all()
 
 
@@ -55,7 +56,8 @@ def test_kv_cache_decoding_equals_full_pass():
     steps = [attn(x[:, :5], PositionalAttention(rope=rope.cos_sin(5)), is_causal=True, kv_cache=cache)]
     for t in range(5, 12):
         bias = attention_bias(None, 1, t + 1, True, torch.float32)
-        steps.append(attn(x[:, t : t + 1], PositionalAttention(rope=rope.cos_sin(1, positions=t)), bias, kv_cache=cache))
+        pos = PositionalAttention(rope=rope.cos_sin(1, positions=t))
+        steps.append(attn(x[:, t : t + 1], pos, bias, kv_cache=cache))
     assert cache.seq_len == 12
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 

@@ -40,6 +40,13 @@ def _generate(args: argparse.Namespace) -> None:
     print(generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
 
 
+def _fill_mask(args: argparse.Namespace) -> None:
+    from .experiments.mlm import fill_mask
+
+    for i, candidates in enumerate(fill_mask(args.model, args.text, args.top_k)):
+        print(f"[MASK] {i + 1}: " + ", ".join(f"{token} ({p:.3f})" for token, p in candidates))
+
+
 def _report(args: argparse.Namespace) -> None:
     from .report import compare_runs
 
@@ -47,7 +54,7 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {out.parent / 'curves.png'}")
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare")
+EXPERIMENTS = ("performer_lm", "pe_compare", "mlm")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -95,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
-    p.add_argument("name", choices=EXPERIMENTS, help="performer_lm (§4.4) | pe_compare (§4.6-4.7)")
+    p.add_argument("name", choices=EXPERIMENTS, help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2)")
     _add_common(p, None)
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
     p.set_defaults(func=_experiment)
@@ -109,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generate)
+
+    p = verbs.add_parser("fill-mask", help="show a masked LM's predictions for each [MASK] in a sentence")
+    p.add_argument("text", help='e.g. "the capital of france is [MASK] ."')
+    p.add_argument("--model", default="reports/mlm/roformer/model", help="saved model directory with tokenizer")
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=_fill_mask)
 
     p = verbs.add_parser("report", help="overlay several runs' curves and tabulate their final metrics")
     p.add_argument("runs", nargs="+", help="run directories")

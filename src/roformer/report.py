@@ -4,6 +4,7 @@ runs to one overlaid figure and one comparison table, the form of the paper's fi
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs"]
@@ -47,7 +48,7 @@ def plot_curves(runs: dict[str, str | Path], out_png: str | Path, keys=("loss", 
                         label=f"{label}: {'validation ' + key[5:] if key.startswith('eval/') else 'training ' + key}")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

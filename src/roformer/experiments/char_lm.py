@@ -21,7 +21,7 @@ from ..data.corpora import load_bytes_corpus
 from ..data.tokenizer import byte_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForCausalLM
 from ..report import write_run_report
-from ..train import TrainConfig, Trainer, is_main_process
+from ..train import TrainConfig, Trainer, is_main_process, preset_train_config
 from ..train.lm import next_token_loss, stream_loss, window_batches
 
 
@@ -57,13 +57,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def build_config(preset: str, **train_overrides) -> CharLMConfig:
+def build_config(preset: str, device: str = "cpu", dtype: str | None = None, max_steps: int | None = None
+                 ) -> CharLMConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
-    train = dict(values.pop("train", {}))
-    train.update({k: v for k, v in train_overrides.items() if v is not None})
-    return CharLMConfig(**values, train=TrainConfig(**train))
+    train = preset_train_config(values.pop("train"), device, dtype, max_steps)
+    return CharLMConfig(**values, train=train)
 
 
 def model_config(c: CharLMConfig) -> RoFormerConfig:
@@ -87,7 +87,7 @@ def bits_per_character(model, data: torch.Tensor, seq_len: int) -> float:
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, data: str | None = None,
         command: str = "") -> dict:
-    c = build_config(preset, device=device, dtype=dtype, max_steps=max_steps)
+    c = build_config(preset, device, dtype, max_steps)
     if data:
         c = dataclasses.replace(c, data=data)
     out = Path(out)

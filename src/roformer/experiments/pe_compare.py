@@ -18,7 +18,7 @@ from ..data.corpora import load_articles
 from ..data.tokenizer import save_tokenizer, train_bpe
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, plot_curves
-from ..train import TrainConfig, is_main_process
+from ..train import is_main_process, preset_train_config
 from .lm_compare import eval_curve, steps_to_reach, train_variants
 
 VARIANTS = ("learned", "t5", "rope", "sinusoidal", "alibi")
@@ -68,9 +68,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/pe_comp
     p = PRESETS[preset]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_config = TrainConfig(**{**p["train"], "device": device, "save_every": 0, "keep_last": 1,
-                                  **({"dtype": dtype} if dtype else {}),
-                                  **({"max_steps": max_steps} if max_steps else {})})
+    train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
     train, valid = encode_corpus(p, data_dir, out)
     configs = {name: DecoderConfig(vocab_size=p["vocab"], position=name, max_positions=p["seq_len"], dropout=0.0,
                                    **p["model"]) for name in variants}

@@ -17,7 +17,7 @@ import torch
 from ..data.corpora import load_bytes_corpus
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, plot_curves
-from ..train import TrainConfig, is_main_process
+from ..train import is_main_process, preset_train_config
 from .lm_compare import train_variants
 
 PRESETS = {
@@ -39,9 +39,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/perform
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    train_config = TrainConfig(**{**p["train"], "device": device, "save_every": 0, "keep_last": 1,
-                                  **({"dtype": dtype} if dtype else {}),
-                                  **({"max_steps": max_steps} if max_steps else {})})
+    train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
     corpus = load_bytes_corpus("enwik8", data_dir)
     train = torch.frombuffer(bytearray(corpus["train"]), dtype=torch.uint8)
     valid = torch.frombuffer(bytearray(corpus["validation"][: p["eval_bytes"] + 1]), dtype=torch.uint8)

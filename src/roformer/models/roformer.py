@@ -88,7 +88,10 @@ class RoFormerConfig:
     # -- config.json ----------------------------------------------------------------------------------
     def to_dict(self, architecture: str | None = None) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d = {**self.extra, **d, "model_type": "roformer"}
+        # HuggingFace's RoFormer knows RoPE only: another position encoding gets its own model_type, so that
+        # transformers warns instead of silently dropping the position weights
+        model_type = "roformer" if self.position == "rope" else f"roformer-{self.position}-positions"
+        d = {**self.extra, **d, "model_type": model_type}
         d["id2label"] = {str(i): self._label(i) for i in range(self.num_labels)}
         d["label2id"] = {label: int(i) for i, label in d["id2label"].items()}
         if architecture:
@@ -100,7 +103,7 @@ class RoFormerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoFormerConfig:
-        if d.get("model_type", "roformer") != "roformer":
+        if not str(d.get("model_type", "roformer")).startswith("roformer"):
             raise ValueError(f"not a RoFormer config: model_type is {d['model_type']!r}")
         if d.get("add_cross_attention"):
             raise ValueError("RoFormer with cross-attention (add_cross_attention=True) is not supported here")

@@ -3,7 +3,14 @@
 from .checkpoint import average_checkpoints, latest_checkpoint, list_checkpoints
 from .losses import token_cross_entropy
 from .optim import build_optimizer, lr_multiplier
-from .trainer import TrainConfig, Trainer, init_distributed, is_main_process
+from .trainer import (
+    TrainConfig,
+    Trainer,
+    init_distributed,
+    is_main_process,
+    preset_train_config,
+)
 
-__all__ = ["TrainConfig", "Trainer", "build_optimizer", "lr_multiplier", "average_checkpoints",
-           "latest_checkpoint", "list_checkpoints", "init_distributed", "is_main_process", "token_cross_entropy"]
+__all__ = ["TrainConfig", "Trainer", "preset_train_config", "build_optimizer", "lr_multiplier",
+           "token_cross_entropy", "average_checkpoints", "latest_checkpoint", "list_checkpoints",
+           "init_distributed", "is_main_process"]

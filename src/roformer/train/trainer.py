@@ -35,7 +35,7 @@ from ..io import atomic_write_text
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import SCHEDULES, build_optimizer, lr_multiplier
 
-__all__ = ["TrainConfig", "Trainer", "init_distributed", "is_main_process"]
+__all__ = ["TrainConfig", "Trainer", "init_distributed", "is_main_process", "preset_train_config"]
 
 
 @dataclass
@@ -67,6 +67,17 @@ class TrainConfig:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_steps < 1 or self.grad_accum < 1:
             raise ValueError("max_steps and grad_accum must be at least 1")
+
+
+def preset_train_config(preset: dict, device: str = "cpu", dtype: str | None = None,
+                        max_steps: int | None = None, **fixed) -> TrainConfig:
+    """A recipe preset's training settings with the command line's device, dtype and step overrides."""
+    values = {**preset, **fixed, "device": device}
+    if dtype:
+        values["dtype"] = dtype
+    if max_steps:
+        values["max_steps"] = max_steps
+    return TrainConfig(**values)
 
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
