@@ -35,9 +35,11 @@ def load_bytes_corpus(name: str, mirror: str | Path | None = None) -> dict[str, 
 _DOC = re.compile(r'<doc id="[^"]*" url="[^"]*" title="([^"]*)">\n(.*?)</doc>', re.S)
 
 
-def load_articles(name: str = "enwiki", mirror: str | Path | None = None) -> dict[str, list[str]]:
+def load_articles(name: str = "enwiki", mirror: str | Path | None = None, limit: int | None = None
+                  ) -> dict[str, list[str]]:
     """English Wikipedia articles (WikiExtractor output) split by crc32 of the title: % 100 == 0 validation,
-    == 1 test, else train. Each article is its text with the title line removed and blank lines dropped."""
+    == 1 test, else train. Each article is its text with the title line removed and blank lines dropped.
+    ``limit`` keeps the first ``limit`` training articles and ``limit // 10`` of the others (smoke runs)."""
     if name != "enwiki":
         raise ValueError(f"{name!r} is not an article corpus; use enwiki")
     paths = resolve(name, mirror)
@@ -51,4 +53,6 @@ def load_articles(name: str = "enwiki", mirror: str | Path | None = None) -> dic
             bucket = zlib.crc32(title.encode()) % 100
             split = "validation" if bucket == 0 else "test" if bucket == 1 else "train"
             splits[split].append("\n".join(lines))
+    if limit:
+        splits = {k: v[: limit if k == "train" else limit // 10] for k, v in splits.items()}
     return splits

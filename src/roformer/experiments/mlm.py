@@ -55,10 +55,8 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
-    articles = load_articles("enwiki", data_dir)
-    limit = p["articles"]
-    train_docs = articles["train"][:limit] if limit else articles["train"]
-    valid_docs = articles["validation"][: (limit // 10 if limit else None)]
+    articles = load_articles("enwiki", data_dir, p["articles"])
+    train_docs, valid_docs = articles["train"], articles["validation"]
     tok = train_wordpiece(train_docs, p["vocab"])
     save_tokenizer(tok, out)
     special = {name: tok.token_to_id(name) for name in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}

@@ -42,10 +42,8 @@ SEPARATOR = "<|endoftext|>"
 def encode_corpus(preset: dict, data_dir, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """BPE learnt on the training articles (saved in ``out``); both splits as one id stream each, articles
     separated by an end-of-text token."""
-    articles = load_articles("enwiki", data_dir)
-    limit = preset["articles"]
-    train_docs = articles["train"][:limit] if limit else articles["train"]
-    valid_docs = articles["validation"][: (limit // 10 if limit else None)]
+    articles = load_articles("enwiki", data_dir, preset["articles"])
+    train_docs, valid_docs = articles["train"], articles["validation"]
     tok = train_bpe(train_docs, preset["vocab"], special_tokens=[SEPARATOR])
     save_tokenizer(tok, out)
     sep = tok.token_to_id(SEPARATOR)
