@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from ..attention import KVCache
+from ..attention import KVCache, attention_bias
 from ..io import atomic_write, atomic_write_text
 from ..layers import TransformerBlock
 from ..linear_attention import LinearAttention
@@ -110,8 +110,6 @@ class DecoderLM(nn.Module):
         pos = self.position.attention(seq, offset + seq, offset, x.device)
         bias = None
         if offset:  # new tokens after cached ones: a causal mask aligned to the end
-            from ..attention import attention_bias
-
             bias = attention_bias(None, seq, offset + seq, True, x.dtype, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, pos, bias, is_causal=True, kv_cache=kv_cache, layer=i)
