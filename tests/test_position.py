@@ -136,3 +136,10 @@ def test_decoder_sinusoidal_matches_vaswani():
         for i in range(3):
             assert table[p, 2 * i].item() == pytest.approx(math.sin(p / 10000 ** (2 * i / 6)))
             assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(p / 10000 ** (2 * i / 6)))
+
+
+def test_sinusoidal_scales_token_embeddings_by_sqrt_d():
+    pe = build_position("sinusoidal", hidden_size=16, num_heads=1, head_dim=16, causal=True)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    table = pe.embed(torch.zeros_like(x), 3)
+    torch.testing.assert_close(pe.embed(x, 3), x * 4.0 + table)

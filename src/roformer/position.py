@@ -73,7 +73,9 @@ class LearnedAbsolute(PositionEncoding):
 
 
 class SinusoidalAbsolute(PositionEncoding):
-    """Vaswani et al.: p_(i,2t) = sin(i / 10000^(2t/d)), p_(i,2t+1) = cos(i / 10000^(2t/d)) (Eq. 4)."""
+    """Vaswani et al.: p_(i,2t) = sin(i / 10000^(2t/d)), p_(i,2t+1) = cos(i / 10000^(2t/d)) (Eq. 4), added to
+    the token embeddings after scaling them by sqrt(d), as Vaswani et al. do (without it, unit-amplitude
+    sinusoids swamp embeddings initialised at std 0.02)."""
 
     name = "sinusoidal"
 
@@ -89,7 +91,7 @@ class SinusoidalAbsolute(PositionEncoding):
         cos, sin = rotary_cos_sin(torch.arange(offset, offset + x.shape[1], device=x.device), self.hidden_size,
                                   self.base)
         table = torch.stack((sin, cos), dim=-1).flatten(-2)  # sin at even features, cos at odd ones
-        return x + table.to(x.dtype)
+        return x * math.sqrt(self.hidden_size) + table.to(x.dtype)
 
 
 class Rotary(PositionEncoding):
