@@ -17,10 +17,15 @@ def _decay(args: argparse.Namespace) -> None:
           f"distance {args.max_distance} -> {bound[-1].split(',')[1]}")
 
 
+def _command_line() -> str:
+    """The command as typed, for the 'Produced by' line of a report (empty when not run as `roformer`)."""
+    return "roformer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("roformer") else ""
+
+
 def _train(args: argparse.Namespace) -> None:
     from .experiments import char_lm
 
-    command = "roformer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("roformer") else ""
+    command = _command_line()
     summary = char_lm.run(args.preset, args.data_dir, args.out, args.resume, args.device, args.dtype,
                           args.max_steps, args.data, command=command)
     if summary.get("final"):
@@ -62,7 +67,7 @@ def _experiment(args: argparse.Namespace) -> None:
 
     recipe = importlib.import_module(f"roformer.experiments.{args.name}")
     out = args.out or f"reports/{args.name}"
-    command = "roformer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("roformer") else ""
+    command = _command_line()
     recipe.run(args.preset, args.data_dir, out, args.resume, args.device, args.dtype, args.max_steps,
                command=command)
     print(f"report: {out}/report.md")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .rope import RotaryEmbedding
+from .rope import RotaryEmbedding, rotary_cos_sin
 
 __all__ = ["POSITIONS", "PositionalAttention", "PositionEncoding", "build_position", "t5_bucket", "alibi_slopes"]
 
@@ -86,8 +86,6 @@ class SinusoidalAbsolute(PositionEncoding):
         self.hidden_size, self.base = hidden_size, base
 
     def embed(self, x: Tensor, offset: int) -> Tensor:
-        from .rope import rotary_cos_sin
-
         cos, sin = rotary_cos_sin(torch.arange(offset, offset + x.shape[1], device=x.device), self.hidden_size,
                                   self.base)
         table = torch.stack((sin, cos), dim=-1).flatten(-2)  # sin at even features, cos at odd ones

@@ -6,9 +6,11 @@ import re
 import zlib
 from pathlib import Path
 
+import torch
+
 from .registry import get, resolve
 
-__all__ = ["load_bytes_corpus", "load_articles"]
+__all__ = ["load_bytes_corpus", "byte_tensor", "load_articles"]
 
 
 def _split_by_fraction(data: bytes, fractions: tuple[float, ...], names: tuple[str, ...]) -> dict[str, bytes]:
@@ -30,6 +32,11 @@ def load_bytes_corpus(name: str, mirror: str | Path | None = None) -> dict[str, 
     if name == "tinyshakespeare":
         return _split_by_fraction(data, (0.9, 0.1), ("train", "validation"))
     raise ValueError(f"{name!r} is not a byte-level corpus; use enwik8 or tinyshakespeare")
+
+
+def byte_tensor(data: bytes) -> torch.Tensor:
+    """Bytes as a uint8 tensor (the token ids of a byte-level model)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 _DOC = re.compile(r'<doc id="[^"]*" url="[^"]*" title="([^"]*)">\n(.*?)</doc>', re.S)

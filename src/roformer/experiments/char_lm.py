@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.corpora import load_bytes_corpus
+from ..data.corpora import byte_tensor, load_bytes_corpus
 from ..data.tokenizer import byte_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForCausalLM
 from ..report import write_run_report
@@ -75,10 +75,6 @@ def model_config(c: CharLMConfig) -> RoFormerConfig:
     )
 
 
-def _as_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
 def bits_per_character(model, data: torch.Tensor, seq_len: int) -> float:
     """Mean negative log2-likelihood per predicted byte over non-overlapping windows of ``seq_len + 1``."""
     return stream_loss(model, data, seq_len) / math.log(2)
@@ -92,7 +88,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
         c = dataclasses.replace(c, data=data)
     out = Path(out)
     corpus = load_bytes_corpus(c.data, data_dir)
-    train, valid = _as_tensor(corpus["train"]), _as_tensor(corpus["validation"])[: c.eval_bytes + 1]
+    train, valid = byte_tensor(corpus["train"]), byte_tensor(corpus["validation"])[: c.eval_bytes + 1]
     torch.manual_seed(c.train.seed)
     model = RoFormerForCausalLM(model_config(c))
 

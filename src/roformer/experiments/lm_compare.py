@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..models.decoder import DecoderConfig, DecoderLM
+from ..report import read_metrics
 from ..train import TrainConfig, Trainer, is_main_process
 from ..train.lm import next_token_loss, stream_loss, window_batches
 
@@ -47,8 +48,7 @@ def train_variants(variants: dict[str, DecoderConfig], train: torch.Tensor, vali
 
 def eval_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(step, validation loss) of a run, in step order."""
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
+    return [(r["step"], r["eval/loss"]) for r in read_metrics(run_dir) if "eval/loss" in r]
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:

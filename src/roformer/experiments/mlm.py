@@ -23,6 +23,7 @@ from ..data.tokenizer import load_tokenizer, save_tokenizer, train_wordpiece
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, plot_curves
 from ..train import Trainer, is_main_process, preset_train_config
+from ..train.lm import step_generator
 
 VARIANTS = {"bert": "learned", "roformer": "rope"}
 
@@ -75,7 +76,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", r
                                              torch.Generator().manual_seed(12345))
 
     def batch_fn(step: int, micro: int) -> dict:
-        g = torch.Generator().manual_seed(train_config.seed * 7919 + step * train_config.grad_accum + micro)
+        g = step_generator(train_config.seed, step, micro, train_config.grad_accum)
         rows = torch.randint(len(train_ids), (p["batch_size"] // train_config.grad_accum,), generator=g)
         inputs, labels = mask_tokens(train_ids[rows], special["[MASK]"], vocab, special_ids, g)
         return {"input_ids": inputs, "attention_mask": train_mask[rows], "labels": labels}

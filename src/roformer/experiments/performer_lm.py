@@ -12,9 +12,7 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
-from ..data.corpora import load_bytes_corpus
+from ..data.corpora import byte_tensor, load_bytes_corpus
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, plot_curves
 from ..train import is_main_process, preset_train_config
@@ -41,8 +39,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/perform
     p = PRESETS[preset]
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
     corpus = load_bytes_corpus("enwik8", data_dir)
-    train = torch.frombuffer(bytearray(corpus["train"]), dtype=torch.uint8)
-    valid = torch.frombuffer(bytearray(corpus["validation"][: p["eval_bytes"] + 1]), dtype=torch.uint8)
+    train, valid = byte_tensor(corpus["train"]), byte_tensor(corpus["validation"][: p["eval_bytes"] + 1])
     base = dict(vocab_size=256, attention="linear", feature_map="favor", dropout=0.0, max_positions=p["seq_len"],
                 **p["model"])
     variants = {"performer": DecoderConfig(**base, position="learned"),

@@ -94,15 +94,15 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """The element-wise mean of the weights of several checkpoints (paper §4.1: the last 5)."""
     if not paths:
         raise ValueError("no checkpoints to average")
-    total = None
+    total, dtypes = None, {}
     for p in paths:
         weights = load_file(str(Path(p) / "model.safetensors"))
         if total is None:
             total = {k: v.double() for k, v in weights.items()}
+            dtypes = {k: v.dtype for k, v in weights.items()}
         else:
             if weights.keys() != total.keys():
                 raise ValueError(f"{p} holds different parameters from {paths[0]}")
             for k, v in weights.items():
                 total[k] += v.double()
-    dtypes = {k: v.dtype for k, v in load_file(str(Path(paths[0]) / "model.safetensors")).items()}
     return {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}

@@ -10,7 +10,13 @@ from torch import Tensor
 
 from .losses import token_cross_entropy
 
-__all__ = ["window_batches", "next_token_loss", "stream_loss"]
+__all__ = ["step_generator", "window_batches", "next_token_loss", "stream_loss"]
+
+
+def step_generator(seed: int, step: int, micro: int = 0, grad_accum: int = 1) -> torch.Generator:
+    """The random generator of one micro-batch, seeded by (seed, step, micro) only: drawing batches from it
+    makes the step the data position, so a resumed run sees exactly the batches of an uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 7919 + step * grad_accum + micro)
 
 
 def window_batches(data: Tensor, seq_len: int, batch_size: int, seed: int, grad_accum: int = 1
@@ -24,7 +30,7 @@ def window_batches(data: Tensor, seq_len: int, batch_size: int, seed: int, grad_
     rows = batch_size // grad_accum
 
     def batch_fn(step: int, micro: int) -> dict:
-        g = torch.Generator().manual_seed(seed * 7919 + step * grad_accum + micro)
+        g = step_generator(seed, step, micro, grad_accum)
         starts = torch.randint(len(data) - seq_len - 1, (rows,), generator=g).tolist()
         return {"input_ids": torch.stack([data[s : s + seq_len + 1] for s in starts]).long()}
 
