@@ -59,7 +59,24 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {out.parent / 'curves.png'}")
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare", "mlm")
+def _finetune(args: argparse.Namespace) -> None:
+    from .data.glue import TASKS
+    from .experiments.glue import finetune_task
+
+    tasks = list(TASKS) if args.task == "all" else args.task.split(",")
+    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+    for task in tasks:
+        r = finetune_task(args.model, task, args.preset, args.data_dir, Path(args.out) / task, args.resume,
+                          args.device, args.dtype, args.max_steps, lrs, args.seeds)
+        if "absent" in r:
+            print(f"{task}: data absent: {r['absent']}")
+            continue
+        print(f"{task}: {r['metric']} {r['mean']:.2f} ± {r['std']:.2f} at lr {r['best_lr']:g} "
+              f"(grid means: " + ", ".join(f"{lr}: {sum(v) / len(v):.2f}" for lr, v in r["grid"].items())
+              + f"); best model in {Path(args.out) / task / 'model'}")
+
+
+EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -68,8 +85,9 @@ def _experiment(args: argparse.Namespace) -> None:
     recipe = importlib.import_module(f"roformer.experiments.{args.name}")
     out = args.out or f"reports/{args.name}"
     command = _command_line()
+    extra = {"models": args.models} if args.models else {}
     recipe.run(args.preset, args.data_dir, out, args.resume, args.device, args.dtype, args.max_steps,
-               command=command)
+               command=command, **extra)
     print(f"report: {out}/report.md")
     print((Path(out) / "report.md").read_text())
 
@@ -107,10 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
-    p.add_argument("name", choices=EXPERIMENTS, help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2)")
+    p.add_argument("name", choices=EXPERIMENTS,
+                   help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2) | glue (§4.3, after mlm)")
     _add_common(p, None)
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
+    p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
+                   "(default reports/mlm)")
     p.set_defaults(func=_experiment)
+
+    p = verbs.add_parser("finetune", help="fine-tune a saved encoder on GLUE tasks over a learning-rate x seed grid")
+    p.add_argument("--task", required=True, help="sst2 | mrpc | stsb | qnli | qqp | mnli, a comma list, or all")
+    p.add_argument("--model", required=True, help="saved encoder directory with its tokenizer (ours or HuggingFace)")
+    _add_common(p, "runs/finetune")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: the preset's)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per learning rate (default: the preset's)")
+    p.add_argument("--max-steps", type=int, default=None, help="override the number of updates per run")
+    p.set_defaults(func=_finetune)
 
     p = verbs.add_parser("generate", help="sample text from a trained byte-level causal LM")
     p.add_argument("--model", default="runs/enwik8/model", help="saved model directory")

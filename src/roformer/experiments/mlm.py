@@ -19,7 +19,7 @@ import torch
 
 from ..data.corpora import load_articles
 from ..data.mlm import mask_tokens, pack_documents
-from ..data.tokenizer import load_tokenizer, save_tokenizer, train_wordpiece
+from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, plot_curves
 from ..train import Trainer, is_main_process, preset_train_config
@@ -134,9 +134,7 @@ def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tup
     """For each [MASK] in ``text``: the ``top_k`` most likely tokens and their probabilities."""
     tok = load_tokenizer(model_dir)
     model = RoFormerForMaskedLM.from_pretrained(model_dir).eval()
-    if tok.get_vocab_size() != model.config.vocab_size:
-        raise ValueError(f"{model_dir}: the tokenizer has {tok.get_vocab_size()} tokens but the model "
-                         f"{model.config.vocab_size}")
+    check_tokenizer(tok, model.config.vocab_size, model.config.pad_token_id, model_dir, required=("[MASK]",))
     mask_id = tok.token_to_id("[MASK]")
     enc = tok.encode(text)
     ids = torch.tensor([enc.ids])

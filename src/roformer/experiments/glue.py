@@ -1,0 +1,332 @@
+"""§4.3: fine-tuning pre-trained encoders on GLUE (Table 2).
+
+``finetune_task`` fine-tunes one saved encoder (ours, or a HuggingFace RoFormer directory) on one task over a
+grid of learning rates x seeds, as the paper does (3 epochs, batch 32, lr in {2,3,4,5}e-5, 3 seeds, the
+learning rate with the best mean reported as mean +- std). ``run`` does this for the BERT baseline and RoFormer
+from our own pre-training (``roformer experiment mlm``) on every task and writes Table 2 with the paper's
+figures beside ours.
+
+Inputs are ``[CLS] A [SEP] (B [SEP])``. Over-long inputs are cut to the maximum length by the longest-first
+rule: a token is removed from the end of the longer of the two texts until the pair fits. Every run scores
+the validation split after each epoch; its final score (after the last epoch, no early stopping) is the one
+reported. Training uses a linear decay after a warm-up over the first 10% of the updates, AdamW with weight
+decay 0.01 and gradient clipping at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.glue import TASKS, Example, TaskData, load_task
+from ..data.registry import DataUnavailable
+from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
+from ..models import RoFormerForSequenceClassification
+from ..report import markdown_table
+from ..train import TrainConfig, Trainer, is_main_process
+
+__all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
+
+PRESETS = {
+    "smoke": dict(max_len=32, train_examples=96, eval_examples=64, epochs=1, batch_size=16, lrs=(1e-4,), seeds=2),
+    # the models of the small MLM preset are small and briefly pre-trained: larger learning rates than BERT's
+    "small": dict(max_len=128, train_examples=1000, eval_examples=500, epochs=3, batch_size=32,
+                  lrs=(1e-4, 3e-4), seeds=3),
+    "paper": dict(max_len=512, train_examples=None, eval_examples=None, epochs=3, batch_size=32,
+                  lrs=(2e-5, 3e-5, 4e-5, 5e-5), seeds=3),
+}
+
+# Table 2 of the paper (dev-set scores; MNLI matched / mismatched), quoted for reference
+PAPER_TABLE2 = {
+    "BERT (paper)": {"mrpc": "88.9", "sst2": "93.5", "qnli": "90.5", "stsb": "85.8", "qqp": "71.2",
+                     "mnli": "84.6/83.4"},
+    "RoFormer (paper)": {"mrpc": "89.5", "sst2": "90.7", "qnli": "88.0", "stsb": "87.0", "qqp": "86.4",
+                         "mnli": "80.2/79.8"},
+}
+TABLE2_ORDER = ("mrpc", "sst2", "qnli", "stsb", "qqp", "mnli")
+TASK_TITLES = {"mrpc": "MRPC (F1)", "sst2": "SST-2 (acc)", "qnli": "QNLI (acc)", "stsb": "STS-B (Spearman)",
+               "qqp": "QQP (F1)", "mnli": "MNLI m/mm (acc)"}
+
+
+@dataclass
+class Encoded:
+    """A split tokenized for the model: per example its token ids and segment ids, and its label."""
+    ids: list[list[int]]
+    types: list[list[int]]
+    labels: torch.Tensor
+    truncated: int  # examples cut to the maximum length
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: list[int], pad_id: int) -> dict:
+        """Rows padded to the longest of them."""
+        width = max(len(self.ids[r]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(self.ids[r])
+            ids[i, :n], types[i, :n], mask[i, :n] = torch.tensor(self.ids[r]), torch.tensor(self.types[r]), 1
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": self.labels[rows]}
+
+
+def check_labels(task: str, examples: list[Example], num_labels: int) -> None:
+    """A label outside the task's label set is an error naming the example (never a silent wrong target)."""
+    spec = TASKS[task]
+    for i, e in enumerate(examples):
+        if spec.labels is None:
+            ok = isinstance(e.label, float | int) and spec.score_range[0] <= e.label <= spec.score_range[1]
+        else:
+            ok = isinstance(e.label, int) and 0 <= e.label < num_labels
+        if not ok:
+            allowed = f"a score in {spec.score_range}" if spec.labels is None else f"a class id in 0..{num_labels - 1}"
+            raise ValueError(f"{task}: example {i} has label {e.label!r}; the task needs {allowed}")
+
+
+def encode(tok, task: str, examples: list[Example], max_len: int, num_labels: int) -> Encoded:
+    """Tokenize (text_a, text_b) pairs as ``[CLS] A [SEP] B [SEP]`` with longest-first truncation to ``max_len``."""
+    if max_len < 4:
+        raise ValueError(f"max_len must leave room for [CLS] and two [SEP], got {max_len}")
+    check_labels(task, examples, num_labels)
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_len, strategy="longest_first")
+    pairs = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
+    encodings = tok.encode_batch(pairs)
+    dtype = torch.float if TASKS[task].labels is None else torch.long
+    return Encoded([e.ids for e in encodings], [e.type_ids for e in encodings],
+                   torch.tensor([e.label for e in examples], dtype=dtype),
+                   sum(bool(e.overflowing) for e in encodings))
+
+
+def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The task's GLUE metric (x100) and the other usual ones: accuracy and F1 of the positive class for the
+    classification tasks, Spearman and Pearson correlation for STS-B."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score
+
+    p, y = predictions.cpu().numpy(), labels.cpu().numpy()
+    if TASKS[task].labels is None:
+        return {"spearman": 100 * float(spearmanr(p, y).statistic), "pearson": 100 * float(pearsonr(p, y).statistic)}
+    out = {"accuracy": 100 * float(accuracy_score(y, p))}
+    if len(TASKS[task].labels) == 2:
+        out["f1"] = 100 * float(f1_score(y, p, zero_division=0.0))
+    return out
+
+
+def _predict(net, data: Encoded, pad_id: int, regression: bool, batch_size: int = 64) -> torch.Tensor:
+    order = sorted(range(len(data)), key=lambda r: len(data.ids[r]))  # little padding
+    out = torch.empty(len(data), dtype=torch.float if regression else torch.long)
+    device = next(net.parameters()).device
+    for s in range(0, len(order), batch_size):
+        rows = order[s : s + batch_size]
+        batch = {k: v.to(device) for k, v in data.batch(rows, pad_id).items() if k != "labels"}
+        logits = net(**batch).logits.float()
+        out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu()
+    return out
+
+
+def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, valid: Encoded,
+                   mismatched: Encoded | None, pad_id: int, p: dict, lr: float, seed: int, run_dir: Path,
+                   device: str, dtype: str | None, resume: bool, max_steps: int | None) -> dict:
+    regression = TASKS[task].labels is None
+    steps_per_epoch = len(train) // p["batch_size"]
+    if steps_per_epoch < 1:
+        raise ValueError(f"{task}: {len(train)} training examples are fewer than one batch of {p['batch_size']}")
+    total = max_steps or p["epochs"] * steps_per_epoch
+    config = TrainConfig(max_steps=total, lr=lr, schedule="linear", warmup_steps=max(1, total // 10), min_lr_ratio=0.0,
+                         weight_decay=0.01, clip_grad_norm=1.0, eval_every=steps_per_epoch,
+                         save_every=steps_per_epoch, keep_last=1, log_every=10, seed=seed, device=device,
+                         dtype=dtype or "float32", progress=False)
+    torch.manual_seed(seed)  # the fresh classifier head
+    model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+
+    def batch_fn(step: int, micro: int) -> dict:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1009 + epoch))
+        rows = order[i * p["batch_size"] : (i + 1) * p["batch_size"]].chunk(config.grad_accum)[micro]
+        return train.batch(rows.tolist(), pad_id)
+
+    def loss_fn(net, batch):
+        return net(**batch).loss, batch["input_ids"].shape[0]
+
+    def eval_fn(net) -> dict:
+        metrics = score(task, _predict(net, valid, pad_id, regression), valid.labels)
+        if mismatched is not None:
+            scores = score(task, _predict(net, mismatched, pad_id, regression), mismatched.labels)
+            metrics |= {f"mismatched_{k}": v for k, v in scores.items()}
+        return metrics
+
+    final = Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+    if is_main_process():
+        model.save_pretrained(run_dir / "model")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: the result below replaces it
+        (run_dir / "result.json").write_text(json.dumps(final, indent=2))
+    return final
+
+
+def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_dir=None,
+                  out: str | Path = "runs/finetune", resume: bool = False, device: str = "cpu",
+                  dtype: str | None = None, max_steps: int | None = None, lrs=None, seeds: int | None = None) -> dict:
+    """Fine-tune ``model_dir`` on ``task`` for every learning rate x seed; keep the best run's model in
+    ``out/model`` and return the grid and the best learning rate's mean +- std of the task metric."""
+    if task not in TASKS:
+        raise ValueError(f"unknown GLUE task {task!r}; known: {', '.join(TASKS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    lrs, seeds = tuple(lrs or p["lrs"]), seeds or p["seeds"]
+    model_dir, out = Path(model_dir), Path(out)
+    metric = TASKS[task].metric
+    try:
+        data: TaskData = load_task(task, data_dir)
+    except DataUnavailable as e:
+        return {"task": task, "metric": metric, "absent": str(e)}
+    num_labels = data.num_labels
+    tok = load_tokenizer(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    check_tokenizer(tok, config["vocab_size"], config.get("pad_token_id", 0), model_dir, required=("[CLS]", "[SEP]"))
+    pad_id = config.get("pad_token_id") or 0
+    train_examples = data.splits["train"][: p["train_examples"]]
+    valid_examples = data.splits["validation"][: p["eval_examples"]]
+    train = encode(tok, task, train_examples, p["max_len"], num_labels)
+    valid = encode(tok, task, valid_examples, p["max_len"], num_labels)
+    mismatched = None  # MNLI's second validation set, scored beside the first
+    if "validation_mismatched" in data.splits:
+        mismatched = encode(tok, task, data.splits["validation_mismatched"][: p["eval_examples"]], p["max_len"],
+                            num_labels)
+
+    grid: dict[str, list[float]] = {}
+    grid_mismatched: dict[str, list[float]] = {}
+    for lr in lrs:
+        for seed in range(seeds):
+            run_dir = out / f"lr{lr:g}_seed{seed}"
+            done = run_dir / "result.json"
+            if resume and done.is_file():
+                final = json.loads(done.read_text())
+            else:
+                final = _finetune_once(model_dir, task, num_labels, train, valid, mismatched, pad_id, p, lr, seed,
+                                       run_dir, device, dtype, resume, max_steps)
+            grid.setdefault(f"{lr:g}", []).append(final[metric])
+            if mismatched is not None:
+                grid_mismatched.setdefault(f"{lr:g}", []).append(final[f"mismatched_{metric}"])
+            print(f"{task} lr {lr:g} seed {seed}: {metric} {final[metric]:.2f}", flush=True)
+    mean = {lr: statistics.fmean(v) for lr, v in grid.items()}
+    best = max(mean, key=mean.get)
+    best_seed = max(range(seeds), key=lambda s: grid[best][s])
+    for lr in grid:  # keep one fine-tuned model: the best seed of the best learning rate
+        for seed in range(seeds):
+            if (lr, seed) != (best, best_seed):
+                shutil.rmtree(out / f"lr{lr}_seed{seed}" / "model", ignore_errors=True)
+    best_dir = out / f"lr{best}_seed{best_seed}" / "model"
+    if best_dir.is_dir():
+        shutil.rmtree(out / "model", ignore_errors=True)
+        best_dir.rename(out / "model")
+        save_tokenizer(tok, out / "model")
+    majority = None  # the score of always predicting the most frequent training class: the floor to beat
+    if TASKS[task].labels is not None:
+        constant = torch.full_like(valid.labels, int(train.labels.mode().values))
+        majority = score(task, constant, valid.labels)[metric]
+    result = {
+        "task": task, "metric": metric, "majority_class": majority, "model": str(model_dir), "grid": grid,
+        "best_lr": float(best),
+        "mean": mean[best], "std": statistics.stdev(grid[best]) if seeds > 1 else 0.0,
+        "train_examples": len(train), "validation_examples": len(valid),
+        "truncated": {"train": train.truncated, "validation": valid.truncated},
+        "split_rule": data.split_rule, "malformed_rows": data.malformed,
+    }
+    if grid_mismatched:  # at the learning rate chosen on the matched set
+        result["mismatched_mean"] = statistics.fmean(grid_mismatched[best])
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _cell(result: dict) -> str:
+    if "absent" in result:
+        return "absent"
+    if "mismatched_mean" in result:
+        return f"{result['mean']:.1f}/{result['mismatched_mean']:.1f}"
+    return f"{result['mean']:.1f} ± {result['std']:.1f}"
+
+
+def run(preset: str = "small", data_dir=None, out: str | Path = "reports/glue", resume: bool = False,
+        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
+        models: str | Path = "reports/mlm", tasks=TABLE2_ORDER) -> dict:
+    """Table 2: fine-tune the BERT baseline and RoFormer pre-trained by ``roformer experiment mlm`` (found in
+    ``models``/{bert,roformer}/model) on each task and write ``out``/report.md and a bar chart."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    out, models = Path(out), Path(models)
+    pretrained = {"BERT (ours)": models / "bert" / "model", "RoFormer (ours)": models / "roformer" / "model"}
+    for path in pretrained.values():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no pre-trained model in {path}: run `roformer experiment mlm --out {models}` "
+                                    "first (or pass --models)")
+    results = {name: {task: finetune_task(path, task, preset, data_dir, out / name.split()[0].lower() / task,
+                                          resume, device, dtype, max_steps)
+                      for task in tasks}
+               for name, path in pretrained.items()}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out / "glue.png")
+    p = PRESETS[preset]
+    rows = [{"model": name, **{TASK_TITLES[t]: _cell(r[t]) for t in tasks}} for name, r in results.items()]
+    first = next(iter(results.values()))
+    rows.append({"model": "majority class", **{TASK_TITLES[t]: "absent" if "absent" in first[t] else "—"
+                                               if first[t]["majority_class"] is None
+                                               else f"{first[t]['majority_class']:.1f}" for t in tasks}})
+    rows += [{"model": name, **{TASK_TITLES[t]: paper[t] for t in tasks}} for name, paper in PAPER_TABLE2.items()]
+    notes = []
+    for task in tasks:
+        r = results["RoFormer (ours)"][task]
+        if "absent" in r:
+            notes.append(f"- {task}: data absent ({r['absent']})")
+            continue
+        grid = "; ".join(f"{name.split()[0]}: " + ", ".join(
+            f"lr {lr}: {statistics.fmean(v):.1f}" for lr, v in results[name][task]["grid"].items())
+            for name in results)
+        bad = sum(r["malformed_rows"].values())
+        notes.append(f"- {task}: {r['train_examples']} training / {r['validation_examples']} validation examples "
+                     f"({r['truncated']['train']} / {r['truncated']['validation']} truncated); split: "
+                     f"{r['split_rule']}" + (f"; {bad} malformed row(s) rejected" if bad else "")
+                     + f". Mean per learning rate: {grid}.")
+    text = [
+        "# §4.3 GLUE fine-tuning (Table 2)", "",
+        f"Produced by: `{command or f'roformer experiment glue --preset {preset}'}`", "",
+        f"Preset `{preset}`: the BERT baseline and RoFormer of `{models}` (our MLM pre-training), each "
+        f"fine-tuned on each task for {p['epochs']} epochs, batch {p['batch_size']}, inputs of at most "
+        f"{p['max_len']} tokens (pairs truncated longest-first), learning rates {', '.join(map(str, p['lrs']))} "
+        f"x {p['seeds']} seeds; the learning rate with the best mean validation score is reported as mean ± std "
+        "over its seeds (x100). The majority-class row always predicts the most frequent training label: the "
+        "floor a model must beat. The paper's rows are its Table 2 (BERT-base scale, full training sets), "
+        "quoted for reference, not comparable in scale.", "",
+        markdown_table(rows, list(rows[0])), "", "![GLUE scores](glue.png)", "", "Data:", *notes, "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
+    return results
+
+
+def _plot(results: dict, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TABLE2_ORDER if any(t in r and "absent" not in r[t] for r in results.values())]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    width = 0.8 / len(results)
+    for i, (name, r) in enumerate(results.items()):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(tasks))]
+        ax.bar(xs, [r[t]["mean"] for t in tasks], width, yerr=[r[t]["std"] for t in tasks], capsize=3, label=name)
+    ax.set_xticks(range(len(tasks)), [TASK_TITLES[t] for t in tasks], fontsize=8)
+    ax.set_ylabel("validation score (x100), mean ± std over seeds")
+    ax.set_title("GLUE fine-tuning: BERT baseline vs RoFormer (Table 2)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
