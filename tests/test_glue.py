@@ -1,0 +1,113 @@
+"""GLUE fine-tuning: pair encoding and truncation, label and tokenizer checks, metrics, and the recipe end to end
+on an encoder of ours and on a HuggingFace RoFormer directory."""
+
+import json
+
+import pytest
+import torch
+
+from roformer.cli import main
+from roformer.data.glue import Example
+from roformer.data.tokenizer import save_tokenizer, train_wordpiece
+from roformer.experiments.glue import encode, finetune_task, score
+from roformer.models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
+
+from .conftest import require_data
+
+TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds fly over the river and the hills"] * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_wordpiece(TEXTS, 200)
+
+
+def _encoder_dir(path, tok, vocab_size=None):
+    config = RoFormerConfig(vocab_size=vocab_size or tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=64)
+    RoFormerForMaskedLM(config).save_pretrained(path)
+    save_tokenizer(tok, path)
+    return path
+
+
+def test_pairs_are_truncated_longest_first(tok):
+    long_a, short_b = " ".join(["the cat sat"] * 30), "a dog ran"
+    enc = encode(tok, "mrpc", [Example(long_a, short_b, 1), Example("the cat", "a dog", 0)], max_len=16,
+                 num_labels=2)
+    ids, types = enc.ids[0], enc.types[0]
+    assert len(ids) == 16 and enc.truncated == 1
+    b_len = types.count(1) - 1  # segment B tokens without its [SEP]
+    assert b_len == len(tok.encode(short_b, add_special_tokens=False).ids)  # the shorter text is kept whole
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    assert ids[0] == cls and ids.count(sep) == 2 and ids[-1] == sep
+    assert len(enc.ids[1]) < 16  # short pairs are not padded or cut
+    batch = enc.batch([0, 1], pad_id=0)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"][1].sum() == len(enc.ids[1])
+    # two equally long texts lose tokens alternately: both keep about half the room
+    even = encode(tok, "mrpc", [Example(long_a, long_a, 0)], max_len=21, num_labels=2)
+    assert abs(even.types[0].count(0) - even.types[0].count(1)) <= 1
+
+
+def test_a_label_outside_the_task_is_an_error(tok):
+    with pytest.raises(ValueError, match="example 1 has label 2"):
+        encode(tok, "sst2", [Example("good", None, 1), Example("bad", None, 2)], 16, num_labels=2)
+    with pytest.raises(ValueError, match="score in"):
+        encode(tok, "stsb", [Example("a", "b", 7.5)], 16, num_labels=1)
+
+
+def test_metrics_match_their_definitions():
+    y = torch.tensor([1, 0, 1, 1, 0, 1])
+    p = torch.tensor([1, 0, 0, 1, 1, 1])
+    s = score("mrpc", p, y)
+    tp, fp, fn = 3, 1, 1
+    assert s["accuracy"] == pytest.approx(100 * 4 / 6)
+    assert s["f1"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn))
+    r = score("stsb", torch.tensor([0.1, 0.5, 0.2, 0.9]), torch.tensor([1.0, 3.0, 2.0, 5.0]))
+    assert r["spearman"] == pytest.approx(100.0)
+    assert r["pearson"] < 100.0
+
+
+def test_unknown_task_and_mismatched_tokenizer_are_clear_errors(tmp_path, tok, capsys):
+    model = _encoder_dir(tmp_path / "m", tok)
+    assert main(["finetune", "--task", "cola2", "--model", str(model)]) == 2
+    assert "unknown GLUE task 'cola2'" in capsys.readouterr().err
+    small = _encoder_dir(tmp_path / "small", tok, vocab_size=50)  # a tokenizer of ~200 tokens
+    with pytest.raises(ValueError, match="tokenizer has .* tokens but the model's vocabulary only 50"):
+        finetune_task(small, "sst2", "smoke", out=tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_finetune_grid_keeps_the_best_model(tmp_path, tok, capsys):
+    require_data("stsb")
+    model = _encoder_dir(tmp_path / "m", tok)
+    out = tmp_path / "ft"
+    assert main(["finetune", "--task", "stsb", "--model", str(model), "--preset", "smoke", "--out", str(out),
+                 "--lrs", "1e-4,1e-3", "--seeds", "2"]) == 0
+    assert "stsb: spearman" in capsys.readouterr().out
+    r = json.loads((out / "stsb" / "results.json").read_text())
+    assert set(r["grid"]) == {"0.0001", "0.001"} and all(len(v) == 2 for v in r["grid"].values())
+    assert r["mean"] == pytest.approx(max(sum(v) / 2 for v in r["grid"].values()))
+    kept = [p for p in (out / "stsb").rglob("model.safetensors")]
+    assert kept == [out / "stsb" / "model" / "model.safetensors"]  # only the best run's model is kept
+    best = RoFormerForSequenceClassification.from_pretrained(out / "stsb" / "model")
+    assert best.config.num_labels == 1
+    # a finished grid is not retrained on --resume: the same results come back
+    again = finetune_task(model, "stsb", "smoke", out=out / "stsb", resume=True, lrs=[1e-4, 1e-3], seeds=2)
+    assert again["grid"] == r["grid"]
+
+
+@pytest.mark.slow
+def test_finetune_a_huggingface_roformer_directory(tmp_path):
+    """A directory written by transformers, with only a BERT vocab.txt as its tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    require_data("mrpc")
+    tok = train_wordpiece(TEXTS, 200)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    hf_dir = tmp_path / "hf"
+    config = transformers.RoFormerConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64, embedding_size=32)
+    transformers.RoFormerForMaskedLM(config).save_pretrained(hf_dir)
+    (hf_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab))
+    r = finetune_task(hf_dir, "mrpc", "smoke", out=tmp_path / "ft", seeds=1)
+    assert r["train_examples"] == 96 and 0 <= r["mean"] <= 100
+    assert r["majority_class"] is not None
