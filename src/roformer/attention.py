@@ -26,19 +26,21 @@ from .rope import apply_rotary
 if TYPE_CHECKING:
     from .position import PositionalAttention
 
-__all__ = ["KVCache", "MultiHeadAttention", "attention_bias"]
+__all__ = ["KVCache", "MultiHeadAttention", "CrossAttention", "attention_bias"]
 
 
 class KVCache:
     """Rotated keys and values of the positions seen so far, one entry per layer.
 
     ``seq_len`` is a plain Python int (the number of cached positions), read by the model once per forward
-    pass to place the new tokens after the cached ones.
+    pass to place the new tokens after the cached ones. ``cross`` holds an encoder-decoder's cross-attention
+    keys and values of the encoder output, projected once per decoding and reused at every step.
     """
 
     def __init__(self, num_layers: int):
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
+        self.cross: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
         self.seq_len = 0
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,6 +56,8 @@ class KVCache:
         """Keep batch rows ``index`` (beam search)."""
         self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
         self.values = [None if v is None else v.index_select(0, index) for v in self.values]
+        self.cross = [None if c is None else (c[0].index_select(0, index), c[1].index_select(0, index))
+                      for c in self.cross]
 
 
 def attention_bias(
@@ -145,4 +149,34 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal and bias is None,
         )
+        return self.out(y.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class CrossAttention(nn.Module):
+    """Encoder-decoder attention: queries from the decoder, keys and values from the encoder output
+    (``memory``). No position encoding acts here: the query and key positions index two different sequences,
+    so their difference means nothing, and RoPE is applied in the self-attention layers only (§4.1)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
+        self.num_heads, self.head_dim, self.dropout = num_heads, hidden_size // num_heads, dropout
+        self.q = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=bias)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_bias: Tensor | None = None,
+                kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """``memory_bias``: :func:`attention_bias` of the source padding (no causal mask)."""
+        batch, seq, _ = x.shape
+        q = self.q(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        if kv_cache is not None and kv_cache.cross[layer] is not None:
+            k, v = kv_cache.cross[layer]
+        else:
+            k, v = self.kv(memory).view(batch, -1, 2, self.num_heads, self.head_dim).transpose(1, 3).unbind(2)
+            if kv_cache is not None:
+                kv_cache.cross[layer] = (k, v)
+        bias = None if memory_bias is None else memory_bias.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, seq, -1))

@@ -76,7 +76,23 @@ def _finetune(args: argparse.Namespace) -> None:
               + f"); best model in {Path(args.out) / task / 'model'}")
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue")
+def _translate(args: argparse.Namespace) -> None:
+    from .data.tokenizer import load_tokenizer
+    from .experiments.translation import translate_lines
+    from .models.seq2seq import Seq2SeqTransformer
+
+    model = Seq2SeqTransformer.from_pretrained(args.model).to(args.device)
+    tok = load_tokenizer(args.model)
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    with source:
+        lines = source.read().splitlines()
+    beam = 1 if args.greedy else args.beam
+    for line in translate_lines(model, tok, lines, beam, args.length_penalty, args.batch_size,
+                                args.max_source_tokens):
+        print(line)
+
+
+EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue", "translation")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -126,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
     p.add_argument("name", choices=EXPERIMENTS,
-                   help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2) | glue (§4.3, after mlm)")
+                   help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2) | glue (§4.3, after mlm) | "
+                   "translation (§4.1)")
     _add_common(p, None)
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
@@ -141,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="seeds per learning rate (default: the preset's)")
     p.add_argument("--max-steps", type=int, default=None, help="override the number of updates per run")
     p.set_defaults(func=_finetune)
+
+    p = verbs.add_parser("translate", help="translate lines from a file or stdin with a saved encoder-decoder")
+    p.add_argument("--model", default="reports/translation/rope/model", help="saved model directory with tokenizer")
+    p.add_argument("--input", default=None, help="text file, one sentence per line (default: stdin)")
+    p.add_argument("--beam", type=int, default=4, help="beam size")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (beam 1)")
+    p.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    p.add_argument("--max-source-tokens", type=int, default=256, help="longer sources are cut to this many tokens")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_translate)
 
     p = verbs.add_parser("generate", help="sample text from a trained byte-level causal LM")
     p.add_argument("--model", default="runs/enwik8/model", help="saved model directory")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import CrossAttention, KVCache, MultiHeadAttention
 
-__all__ = ["ACTIVATIONS", "FeedForward", "TransformerBlock"]
+__all__ = ["ACTIVATIONS", "FeedForward", "TransformerBlock", "DecoderBlock"]
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT/RoFormer checkpoints use
@@ -86,3 +86,34 @@ class TransformerBlock(nn.Module):
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
         x = self.attn_norm(x + self.dropout(self.attn(x, pos, bias, is_causal, kv_cache, layer)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class DecoderBlock(nn.Module):
+    """The decoder layer of an encoder-decoder Transformer (Vaswani et al.): causal self-attention (with the
+    position encoding), cross-attention to the encoder output (without), then the FFN; each sub-layer with a
+    residual connection and LayerNorm, post-LN (``norm_first=False``, as Vaswani et al.) or pre-LN."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, act: str = "relu",
+                 dropout: float = 0.1, attention_dropout: float = 0.0, layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(hidden_size, num_heads, attention_dropout)
+        self.cross_attn = CrossAttention(hidden_size, num_heads, attention_dropout)
+        self.ffn = FeedForward(hidden_size, intermediate_size, act)
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(3))
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: Tensor, memory: Tensor, memory_bias: Tensor | None = None, pos=None,
+                self_bias: Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        sublayers = (
+            lambda h: self.self_attn(h, pos, self_bias, True, kv_cache, layer),
+            lambda h: self.cross_attn(h, memory, memory_bias, kv_cache, layer),
+            self.ffn,
+        )
+        for norm, sublayer in zip(self.norms, sublayers, strict=True):
+            if self.norm_first:
+                x = x + self.dropout(sublayer(norm(x)))
+            else:
+                x = norm(x + self.dropout(sublayer(x)))
+        return x

@@ -75,21 +75,22 @@ class LearnedAbsolute(PositionEncoding):
 class SinusoidalAbsolute(PositionEncoding):
     """Vaswani et al.: p_(i,2t) = sin(i / 10000^(2t/d)), p_(i,2t+1) = cos(i / 10000^(2t/d)) (Eq. 4), added to
     the token embeddings after scaling them by sqrt(d), as Vaswani et al. do (without it, unit-amplitude
-    sinusoids swamp embeddings initialised at std 0.02)."""
+    sinusoids swamp embeddings initialised at std 0.02). ``scale_embeddings=False`` leaves the scaling to a
+    model that scales the embeddings itself for every position encoding (the encoder-decoder)."""
 
     name = "sinusoidal"
 
-    def __init__(self, hidden_size: int, base: float = 10000.0):
+    def __init__(self, hidden_size: int, base: float = 10000.0, scale_embeddings: bool = True):
         super().__init__()
         if hidden_size % 2:
             raise ValueError(f"sinusoidal positions need an even hidden size, got {hidden_size}")
-        self.hidden_size, self.base = hidden_size, base
+        self.hidden_size, self.base, self.scale_embeddings = hidden_size, base, scale_embeddings
 
     def embed(self, x: Tensor, offset: int) -> Tensor:
         cos, sin = rotary_cos_sin(torch.arange(offset, offset + x.shape[1], device=x.device), self.hidden_size,
                                   self.base)
         table = torch.stack((sin, cos), dim=-1).flatten(-2)  # sin at even features, cos at odd ones
-        return x * math.sqrt(self.hidden_size) + table.to(x.dtype)
+        return (x * math.sqrt(self.hidden_size) if self.scale_embeddings else x) + table.to(x.dtype)
 
 
 class Rotary(PositionEncoding):

@@ -8,22 +8,19 @@ switches: the model of the paper's language-model comparisons (§4.4 Performer w
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from ..attention import KVCache, attention_bias
-from ..io import atomic_write, atomic_write_text
 from ..layers import TransformerBlock
 from ..linear_attention import LinearAttention
 from ..position import POSITIONS, build_position
 from ..train.losses import token_cross_entropy
 from .roformer import ModelOutput
+from .saving import load_model_dir, save_model_dir
 
 __all__ = ["DecoderConfig", "DecoderLM"]
 
@@ -125,21 +122,8 @@ class DecoderLM(nn.Module):
                       use_cache=self.config.attention == "softmax")
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / "model.safetensors", lambda tmp: save_model(self, tmp))
-        config = {"model_type": "roformer-decoder", **dataclasses.asdict(self.config)}
-        atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+        save_model_dir(self, directory, "roformer-decoder")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DecoderLM:
-        directory = Path(directory)
-        path = directory / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
-        config = json.loads(path.read_text())
-        if config.pop("model_type", None) != "roformer-decoder":
-            raise ValueError(f"{directory} does not hold a DecoderLM (model_type is not 'roformer-decoder')")
-        model = cls(DecoderConfig(**config))
-        load_model(model, str(directory / "model.safetensors"))
-        return model
+        return load_model_dir(cls, DecoderConfig, directory, "roformer-decoder")

@@ -1,0 +1,38 @@
+"""Saving and loading the models that are not HuggingFace RoFormer checkpoints (the decoder LM, the
+encoder-decoder): ``config.json`` (the config dataclass plus a ``model_type``) and ``model.safetensors``, both
+written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ..io import atomic_write, atomic_write_text
+
+__all__ = ["save_model_dir", "load_model_dir"]
+
+
+def save_model_dir(model: nn.Module, directory: str | Path, model_type: str) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / "model.safetensors", lambda tmp: save_model(model, tmp))
+    config = {"model_type": model_type, **dataclasses.asdict(model.config)}
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
+    config = json.loads(path.read_text())
+    found = config.pop("model_type", None)
+    if found != model_type:
+        raise ValueError(f"{directory} holds a {found!r} model, not a {cls.__name__} ({model_type!r})")
+    model = cls(config_cls(**config))
+    load_model(model, str(directory / "model.safetensors"))
+    return model
