@@ -2,17 +2,20 @@
 a saved model directory is self-contained.
 
 - byte level: one token per byte, id = byte value (character-level LMs on enwik8);
-- byte-level BPE (translation, GPT-style LMs) and WordPiece (BERT/RoFormer MLM), trained on a corpus.
+- byte-level BPE (translation, GPT-style LMs) and WordPiece (BERT/RoFormer MLM), trained on a corpus;
+- Chinese word level (jieba, WoBERT/RoFormer) and character level, in :class:`ChineseTokenizer`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-__all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "save_tokenizer", "load_tokenizer", "check_tokenizer"]
+__all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "ChineseTokenizer", "save_tokenizer", "load_tokenizer",
+           "check_tokenizer"]
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -68,9 +71,12 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     return tok
 
 
-def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
+def save_tokenizer(tok, directory: str | Path) -> None:
     from ..io import atomic_write
 
+    if isinstance(tok, ChineseTokenizer):
+        tok.save(directory)
+        return
     atomic_write(Path(directory) / "tokenizer.json", lambda tmp: tok.save(tmp))
 
 
@@ -82,16 +88,17 @@ def _bert_template(tok: Tokenizer) -> processors.TemplateProcessing:
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """``tokenizer.json`` from a model directory; for a HuggingFace directory with only a BERT ``vocab.txt``,
-    the equivalent WordPiece tokenizer (lower-cased unless ``tokenizer_config.json`` says otherwise)."""
-    import json
+    """``tokenizer.json`` from a model directory; a :class:`ChineseTokenizer` it saved; for a HuggingFace
+    directory with only a BERT ``vocab.txt``, the equivalent WordPiece tokenizer (lower-cased unless
+    ``tokenizer_config.json`` says otherwise)."""
 
     directory = Path(directory)
-    path, vocab = directory / "tokenizer.json", directory / "vocab.txt"
+    path, vocab, settings = directory / "tokenizer.json", directory / "vocab.txt", directory / "tokenizer_config.json"
+    if settings.is_file() and "roformer_tokenizer" in json.loads(settings.read_text()):
+        return ChineseTokenizer.load(directory)
     if path.is_file():
         return Tokenizer.from_file(str(path))
     if vocab.is_file():
-        settings = directory / "tokenizer_config.json"
         lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
         tok = Tokenizer(models.WordPiece.from_file(str(vocab), unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
@@ -115,3 +122,108 @@ def check_tokenizer(tok: Tokenizer, vocab_size: int, pad_token_id: int | None, w
     missing = [t for t in required if tok.token_to_id(t) is None]
     if missing:
         raise ValueError(f"{where}: the tokenizer has no {', '.join(missing)}")
+
+
+class EncodedIds:
+    """The part of a ``tokenizers`` Encoding the recipes read."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+
+class ChineseTokenizer:
+    """Chinese tokenization of WoBERT / RoFormer (§4.5): ``jieba`` word segmentation (HMM off), a vocabulary of
+    the most frequent words plus every character, and unknown words split into characters (``word_level``); or
+    one token per character, the BERT-Chinese baseline (``word_level=False``). Whitespace separates and is
+    dropped; text is lower-cased. Specials [PAD] [UNK] [CLS] [SEP] [MASK] have ids 0-4.
+
+    It answers the same calls as a ``tokenizers.Tokenizer`` where the recipes use them (``encode_batch``,
+    ``token_to_id``, ``id_to_token``, ``get_vocab_size``, ``decode``) and saves as ``vocab.txt`` plus
+    ``tokenizer_config.json``, which :func:`load_tokenizer` recognises.
+    """
+
+    def __init__(self, vocab: list[str], word_level: bool = True):
+        if vocab[: len(BERT_SPECIALS)] != BERT_SPECIALS:
+            raise ValueError(f"the vocabulary must start with {BERT_SPECIALS}")
+        self.vocab, self.word_level = vocab, word_level
+        self.ids = {t: i for i, t in enumerate(vocab)}
+        self.unk = self.ids["[UNK]"]
+
+    @staticmethod
+    def _words(text: str, word_level: bool) -> list[str]:
+        text = text.lower()
+        if not word_level:
+            return [ch for ch in text if not ch.isspace()]
+        import logging
+
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        return [w for w in jieba.lcut(text, HMM=False) if w.strip()]
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = []
+        for word in self._words(text, self.word_level):
+            if word in self.ids:
+                tokens.append(word)
+            else:  # an unknown word falls back to its characters
+                tokens.extend(ch if ch in self.ids else "[UNK]" for ch in word if not ch.isspace())
+        return tokens
+
+    def encode_ids(self, text: str) -> list[int]:
+        return [self.ids.get(t, self.unk) for t in self.tokenize(text)]
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[EncodedIds]:
+        if add_special_tokens:
+            raise ValueError("ChineseTokenizer adds no special tokens itself; the recipes place [CLS] / [SEP]")
+        return [EncodedIds(self.encode_ids(t)) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.vocab[i] for i in ids if i >= len(BERT_SPECIALS))
+
+    def get_vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.ids.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.vocab[i]
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, word_level: bool = True) -> ChineseTokenizer:
+        """Every character seen, then (word level) the most frequent multi-character words, up to ``vocab_size``
+        tokens; characters are kept first so that any unknown word can fall back to them. The character level
+        keeps the ``vocab_size`` most frequent characters."""
+        from collections import Counter
+
+        words: Counter[str] = Counter()
+        chars: Counter[str] = Counter()
+        for text in texts:
+            for w in cls._words(text, word_level):
+                words[w] += 1
+                chars.update(w)
+        room = vocab_size - len(BERT_SPECIALS)
+        ordered_chars = [c for c, _ in chars.most_common() if not c.isspace()]
+        if not word_level:
+            return cls(BERT_SPECIALS + ordered_chars[:room], word_level=False)
+        ordered_chars = ordered_chars[: room // 2]  # rare characters beyond half the room become [UNK]
+        kept = set(ordered_chars)
+        multi = [w for w, _ in words.most_common() if len(w) > 1 and w not in kept]
+        return cls(BERT_SPECIALS + ordered_chars + multi[: room - len(ordered_chars)], word_level=True)
+
+    def save(self, directory: str | Path) -> None:
+        from ..io import atomic_write_text
+
+        directory = Path(directory)
+        atomic_write_text(directory / "vocab.txt", "".join(t + "\n" for t in self.vocab))
+        config = {"roformer_tokenizer": "jieba-word" if self.word_level else "char", "jieba_hmm": False,
+                  "do_lower_case": True}
+        atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ChineseTokenizer:
+        directory = Path(directory)
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        vocab = (directory / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        return cls(vocab, word_level=config["roformer_tokenizer"] == "jieba-word")

@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 
 from ..data.corpora import load_articles
-from ..data.mlm import mask_tokens, pack_documents
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, plot_curves
 from ..train import Trainer, is_main_process, preset_train_config
-from ..train.lm import step_generator
+from ..train.mlm import masked_lm_functions, packed_sequences
 
 VARIANTS = {"bert": "learned", "roformer": "rope"}
 
@@ -41,13 +40,6 @@ PRESETS = {
 }
 
 
-def _pad(sequences: list[list[int]], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(sequences), max_len), pad_id, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
-    return ids, (ids != pad_id).long()
-
-
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
     if preset not in PRESETS:
@@ -58,47 +50,23 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", r
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
     articles = load_articles("enwiki", data_dir, p["articles"])
     train_docs, valid_docs = articles["train"], articles["validation"]
-    tok = train_wordpiece(train_docs, p["vocab"])
-    save_tokenizer(tok, out)
-    special = {name: tok.token_to_id(name) for name in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}
-
-    def encode(docs):
-        sequences = pack_documents([e.ids for e in tok.encode_batch(docs, add_special_tokens=False)],
-                                   p["max_len"], special["[CLS]"], special["[SEP]"])
-        return _pad(sequences, p["max_len"], special["[PAD]"])
-
-    train_ids, train_mask = encode(train_docs)
-    valid_ids, valid_mask = encode(valid_docs)
-    valid_ids, valid_mask = valid_ids[: p["eval_sequences"]], valid_mask[: p["eval_sequences"]]
-    special_ids = [special["[PAD]"], special["[CLS]"], special["[SEP]"]]
+    if resume and (out / "tokenizer.json").is_file():
+        tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with (training it is not
+        # deterministic: huggingface/tokenizers#1794)
+    else:
+        tok = train_wordpiece(train_docs, p["vocab"])
+        save_tokenizer(tok, out)
     vocab = tok.get_vocab_size()
-    valid_inputs, valid_labels = mask_tokens(valid_ids, special["[MASK]"], vocab, special_ids,
-                                             torch.Generator().manual_seed(12345))
-
-    def batch_fn(step: int, micro: int) -> dict:
-        g = step_generator(train_config.seed, step, micro, train_config.grad_accum)
-        rows = torch.randint(len(train_ids), (p["batch_size"] // train_config.grad_accum,), generator=g)
-        inputs, labels = mask_tokens(train_ids[rows], special["[MASK]"], vocab, special_ids, g)
-        return {"input_ids": inputs, "attention_mask": train_mask[rows], "labels": labels}
-
-    def loss_fn(net, batch):
-        return net(**batch).loss, (batch["labels"] != -100).sum()
-
-    def eval_fn(net) -> dict:
-        loss_sum, correct, count = 0.0, 0, 0
-        for s in range(0, len(valid_inputs), 32):
-            labels = valid_labels[s : s + 32]
-            logits = net(valid_inputs[s : s + 32], valid_mask[s : s + 32]).logits.float()
-            chosen = labels != -100
-            loss_sum += torch.nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
-            correct += (logits[chosen].argmax(-1) == labels[chosen]).sum().item()
-            count += int(chosen.sum())
-        return {"loss": loss_sum / count, "accuracy": correct / count}
+    train_ids, train_mask = packed_sequences(tok, train_docs, p["max_len"])
+    valid_ids, valid_mask = packed_sequences(tok, valid_docs, p["max_len"])
+    valid_ids, valid_mask = valid_ids[: p["eval_sequences"]], valid_mask[: p["eval_sequences"]]
+    batch_fn, loss_fn, eval_fn = masked_lm_functions(tok, (train_ids, train_mask), (valid_ids, valid_mask),
+                                                     p["batch_size"], train_config)
 
     results = {}
     for name, position in VARIANTS.items():
         config = RoFormerConfig(vocab_size=vocab, max_position_embeddings=p["max_len"], position=position,
-                                pad_token_id=special["[PAD]"], **p["model"])
+                                pad_token_id=tok.token_to_id("[PAD]"), **p["model"])
         torch.manual_seed(train_config.seed)
         model = RoFormerForMaskedLM(config)
         started = time.perf_counter()

@@ -123,7 +123,8 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/transla
     train_pairs = data["train"][: p["train_pairs"]]
     test_pairs = data["test"][: p["test_sentences"]]
     if resume and (out / "tokenizer.json").is_file():
-        tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with
+        tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with (BPE training is not
+        # deterministic across processes: huggingface/tokenizers#1794)
     else:
         tok = train_bpe([s for pair in train_pairs for s in pair], p["vocab"], SPECIALS)
         save_tokenizer(tok, out)

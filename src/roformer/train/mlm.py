@@ -1,0 +1,59 @@
+"""Masked-language-model training pieces shared by the MLM recipes (§4.2 English, §4.5 Chinese): packed
+sequences and the trainer's batch, loss and evaluation functions."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.mlm import mask_tokens, pack_documents
+from .lm import step_generator
+from .trainer import TrainConfig
+
+__all__ = ["packed_sequences", "masked_lm_functions"]
+
+
+def packed_sequences(tok, docs: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[CLS] doc [SEP] doc [SEP] ...`` sequences of at most ``max_len`` tokens, right-padded with [PAD], and
+    their attention mask."""
+    cls, sep, pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+    sequences = pack_documents([e.ids for e in tok.encode_batch(docs, add_special_tokens=False)], max_len, cls, sep)
+    ids = torch.full((len(sequences), max_len), pad, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+    return ids, (ids != pad).long()
+
+
+def masked_lm_functions(tok, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
+                        batch_size: int, config: TrainConfig):
+    """``(batch_fn, loss_fn, eval_fn)`` for :class:`Trainer`: batches of ``batch_size`` packed sequences drawn
+    with the step-seeded generator and masked by the 80/10/10 rule; evaluation on the validation sequences
+    under one fixed masking, reporting the masked-token loss and accuracy."""
+    special_ids = [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")]
+    mask_id, vocab = tok.token_to_id("[MASK]"), tok.get_vocab_size()
+    train_ids, train_mask = train
+    valid_ids, valid_mask = valid
+    valid_inputs, valid_labels = mask_tokens(valid_ids, mask_id, vocab, special_ids,
+                                             torch.Generator().manual_seed(12345))
+
+    def batch_fn(step: int, micro: int) -> dict:
+        g = step_generator(config.seed, step, micro, config.grad_accum)
+        rows = torch.randint(len(train_ids), (batch_size // config.grad_accum,), generator=g)
+        inputs, labels = mask_tokens(train_ids[rows], mask_id, vocab, special_ids, g)
+        return {"input_ids": inputs, "attention_mask": train_mask[rows], "labels": labels}
+
+    def loss_fn(net, batch):
+        return net(**batch).loss, (batch["labels"] != -100).sum()
+
+    def eval_fn(net) -> dict:
+        loss_sum, correct, count = 0.0, 0, 0
+        device = next(net.parameters()).device
+        for s in range(0, len(valid_inputs), 32):
+            labels = valid_labels[s : s + 32].to(device)
+            logits = net(valid_inputs[s : s + 32].to(device), valid_mask[s : s + 32].to(device)).logits.float()
+            chosen = labels != -100
+            loss_sum += torch.nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
+            correct += (logits[chosen].argmax(-1) == labels[chosen]).sum().item()
+            count += int(chosen.sum())
+        return {"loss": loss_sum / count, "accuracy": correct / count}
+
+    return batch_fn, loss_fn, eval_fn
