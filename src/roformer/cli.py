@@ -92,7 +92,7 @@ def _translate(args: argparse.Namespace) -> None:
         print(line)
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue", "translation")
+EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue", "translation", "chinese")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
     p.add_argument("name", choices=EXPERIMENTS,
                    help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2) | glue (§4.3, after mlm) | "
-                   "translation (§4.1)")
+                   "translation (§4.1) | chinese (§4.5)")
     _add_common(p, None)
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
