@@ -1,0 +1,79 @@
+"""§4.5: the word-level Chinese tokenizer, the corpus and CAIL2019-SCM splits, pair truncation, and the recipe
+end to end (smoke preset)."""
+
+import json
+
+import pytest
+
+from roformer.cli import main
+from roformer.data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
+from roformer.experiments.chinese import pair_ids
+
+from .conftest import require_data
+
+TEXTS = ["原告李某诉称，被告夏某因欠缺资金向丰辉借款七万元。", "法院依法判决被告偿还原告本金及利息。",
+         "被告夏某未到庭参加诉讼。"] * 4
+
+
+def test_word_level_tokenizer_keeps_known_words_and_splits_unknown_ones_into_characters():
+    tok = ChineseTokenizer.train(TEXTS, 200)
+    assert tok.vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = tok.tokenize("被告偿还借款")
+    assert "被告" in tokens and "偿还" in tokens  # whole words from the vocabulary
+    # a word jieba finds but the vocabulary lacks falls back to its characters, unseen characters to [UNK]
+    assert tok.tokenize("原告借款") == ["原告", "借款"]
+    assert tok.tokenize("欠缺资金汽车") == ["欠缺", "资金", "[UNK]", "[UNK]"]
+    chars = ChineseTokenizer.train(TEXTS, 200, word_level=False)
+    assert chars.tokenize("被告 偿还") == ["被", "告", "偿", "还"]  # whitespace is dropped
+
+
+def test_tokenizer_saves_and_loads_with_a_model(tmp_path):
+    tok = ChineseTokenizer.train(TEXTS, 200)
+    save_tokenizer(tok, tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert isinstance(again, ChineseTokenizer) and again.word_level
+    assert again.encode_ids(TEXTS[0]) == tok.encode_ids(TEXTS[0])
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["jieba_hmm"] is False
+    with pytest.raises(ValueError, match="must start with"):
+        ChineseTokenizer(["a", "b"])
+
+
+def test_pairs_are_cut_longest_first():
+    ids, types = pair_ids(list(range(10, 40)), [7, 8, 9], max_len=16, cls=2, sep=3)
+    assert len(ids) == 16 and ids[0] == 2 and ids[-1] == 3 and ids[-4:-1] == [7, 8, 9]
+    assert types == [0] * 12 + [1] * 4
+    ids, _ = pair_ids(list(range(10, 110)), list(range(10, 110)), max_len=21, cls=2, sep=3)
+    assert ids.index(3) == 10  # two equal texts keep 9 tokens each
+    with pytest.raises(ValueError, match="no room"):
+        pair_ids([1], [1], 4, 2, 3)
+
+
+def test_scm_split_is_6_2_2_and_kept_out_of_pretraining():
+    require_data("cail2019_scm")
+    require_data("chinese_corpus")
+    from roformer.data.chinese import load_chinese_documents, load_scm
+
+    scm = load_scm()
+    assert [len(v) for v in scm.values()] == [300, 100, 100]
+    assert not set(scm["train"]) & set(scm["test"])
+    scm_docs = {t[:60] for rows in scm.values() for row in rows for t in row}
+    corpus = load_chinese_documents()
+    assert len(corpus["train"]) > 10_000 and corpus["validation"]
+    assert not any(d[:60] in scm_docs for split in corpus.values() for d in split)
+
+
+@pytest.mark.slow
+def test_chinese_recipe_smoke(tmp_path):
+    require_data("cail2019_scm")
+    require_data("chinese_corpus")
+    assert main(["experiment", "chinese", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["stage"] for r in results["stages"]["roformer"]] == [1, 2]
+    assert [r["max length"] for r in results["stages"]["roformer"]] == [64, 128]
+    rows = results["matching"]
+    assert set(rows["RoFormer-64 (word, RoPE)"]) == {"validation @64", "validation @128", "test @64", "test @128"}
+    assert all(0 <= v <= 100 for r in rows.values() for v in r.values())
+    assert (tmp_path / "pretraining.png").is_file() and "Table 5" in (tmp_path / "report.md").read_text()
+    # stage 2 started from stage 1: the resumed schedule reuses both stages and retrains nothing
+    assert main(["experiment", "chinese", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["stages"] == results["stages"]
