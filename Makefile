@@ -28,11 +28,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_rope_encoder.py
 	$(PY) benchmarks/bench_linear_attention.py
 
-# the committed reports under reports/ (small presets, about an hour on 2 CPU cores in all)
+# the committed reports under reports/ (small presets, a few hours on 2 CPU cores in all; glue needs mlm's models)
 experiments: $(STAMP)
 	.venv/bin/roformer experiment pe_compare --preset small --data-dir $(DATA_DIR) --out reports/pe_compare
 	.venv/bin/roformer experiment performer_lm --preset small --data-dir $(DATA_DIR) --out reports/performer_lm
 	.venv/bin/roformer experiment mlm --preset small --data-dir $(DATA_DIR) --out reports/mlm
+	.venv/bin/roformer experiment glue --preset small --data-dir $(DATA_DIR) --out reports/glue
+	.venv/bin/roformer experiment translation --preset small --data-dir $(DATA_DIR) --out reports/translation
+	.venv/bin/roformer experiment chinese --preset small --data-dir $(DATA_DIR) --out reports/chinese
 
 clean:
 	rm -rf .venv runs

@@ -60,3 +60,21 @@ def test_pretraining_recipe_saves_a_model_huggingface_loads(tmp_path, capsys):
     assert bert.config.position == "learned" and bert.roformer.position.embeddings.weight.abs().sum() > 0
     config = json.loads((tmp_path / "bert" / "model" / "config.json").read_text())
     assert config["model_type"] == "roformer-learned-positions"
+
+
+def test_pretrain_on_a_text_file(tmp_path, capsys):
+    require_data("tinyshakespeare")
+    from roformer.data import resolve
+
+    corpus = next(iter(resolve("tinyshakespeare").values()))  # speeches separated by blank lines
+    out = tmp_path / "bert"
+    assert main(["pretrain", "--corpus", str(corpus), "--position", "learned", "--preset", "smoke",
+                 "--out", str(out)]) == 0
+    assert "validation MLM loss" in capsys.readouterr().out
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["model_type"] == "roformer-learned-positions"
+    assert (out / "model" / "tokenizer.json").is_file()
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("one document\n\nanother one\n")
+    assert main(["pretrain", "--corpus", str(tiny), "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
+    assert "too few to hold 1% out" in capsys.readouterr().err

@@ -59,6 +59,16 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {out.parent / 'curves.png'}")
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from .experiments.mlm import pretrain
+
+    r = pretrain(args.position, args.corpus, args.preset, args.data_dir, args.out, args.resume, args.device,
+                 args.dtype, args.max_steps)
+    if r:
+        print(f"validation MLM loss {r['validation MLM loss']:.4f}, accuracy {r['validation MLM accuracy']:.1%} "
+              f"({r['minutes']:.1f} min); model and tokenizer in {Path(args.out) / 'model'}")
+
+
 def _finetune(args: argparse.Namespace) -> None:
     from .data.glue import TASKS
     from .experiments.glue import finetune_task
@@ -149,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
                    "(default reports/mlm)")
     p.set_defaults(func=_experiment)
+
+    p = verbs.add_parser("pretrain", help="pre-train a masked LM (WordPiece, packing, 80/10/10 masking, AdamW)")
+    p.add_argument("--position", default="rope", help="rope (RoFormer) | learned (the BERT baseline) | ...")
+    p.add_argument("--corpus", default="enwiki", help="enwiki, or a text file of blank-line separated documents")
+    _add_common(p, "runs/pretrain")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
+    p.set_defaults(func=_pretrain)
 
     p = verbs.add_parser("finetune", help="fine-tune a saved encoder on GLUE tasks over a learning-rate x seed grid")
     p.add_argument("--task", required=True, help="sst2 | mrpc | stsb | qnli | qqp | mnli, a comma list, or all")

@@ -12,7 +12,9 @@ AdamW lr 1e-5.
 from __future__ import annotations
 
 import json
+import re
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -40,6 +42,68 @@ PRESETS = {
 }
 
 
+def _documents(corpus: str, data_dir, limit: int | None) -> dict[str, list[str]]:
+    """``enwiki`` (the registry's Wikipedia sample) or a UTF-8 text file whose documents are separated by blank
+    lines (1 in 100, by crc32 of the text, held out for validation)."""
+    if corpus == "enwiki":
+        return load_articles("enwiki", data_dir, limit)
+    path = Path(corpus)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus {corpus!r} is neither 'enwiki' nor a text file")
+    docs = [d.strip() for d in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if d.strip()]
+    splits = {"train": [], "validation": []}
+    for d in docs:
+        splits["validation" if zlib.crc32(d.encode()) % 100 == 0 else "train"].append(d)
+    if not splits["validation"] or not splits["train"]:
+        raise ValueError(f"{corpus}: {len(docs)} documents (blank-line separated) are too few to hold 1% out; "
+                         "give a larger corpus")
+    return {k: v[:limit] if limit else v for k, v in splits.items()}
+
+
+def _prepare(p: dict, corpus: str, data_dir, out: Path, resume: bool, train_config):
+    """The WordPiece vocabulary (reused on resume), packed sequences and the trainer functions."""
+    docs = _documents(corpus, data_dir, p["articles"])
+    if resume and (out / "tokenizer.json").is_file():
+        tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with (training it is not
+        # deterministic: huggingface/tokenizers#1794)
+    else:
+        tok = train_wordpiece(docs["train"], p["vocab"])
+        save_tokenizer(tok, out)
+    train = packed_sequences(tok, docs["train"], p["max_len"])
+    valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, docs["validation"], p["max_len"]))
+    return tok, train, valid, masked_lm_functions(tok, train, valid, p["batch_size"], train_config)
+
+
+def _pretrain_one(position: str, tok, functions, p: dict, train_config, run_dir: Path, resume: bool) -> dict:
+    config = RoFormerConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=p["max_len"], position=position,
+                            pad_token_id=tok.token_to_id("[PAD]"), **p["model"])
+    torch.manual_seed(train_config.seed)
+    model = RoFormerForMaskedLM(config)
+    started = time.perf_counter()
+    final = Trainer(model, train_config, run_dir, *functions).fit(resume=resume)
+    if not is_main_process():
+        return {}
+    model.save_pretrained(run_dir / "model")
+    save_tokenizer(tok, run_dir / "model")
+    return {"validation MLM loss": final["loss"], "validation MLM accuracy": final["accuracy"],
+            "minutes": (time.perf_counter() - started) / 60,
+            "parameters": sum(q.numel() for q in model.parameters())}
+
+
+def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "small", data_dir=None,
+             out: str | Path = "runs/pretrain", resume: bool = False, device: str = "cpu", dtype: str | None = None,
+             max_steps: int | None = None) -> dict:
+    """One masked LM (``position="rope"``: RoFormer; ``"learned"``: the BERT baseline) on ``corpus``, saved with
+    its tokenizer in ``out/model`` (a HuggingFace-compatible directory)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    p, out = PRESETS[preset], Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
+    tok, _, _, functions = _prepare(p, corpus, data_dir, out, resume, train_config)
+    return _pretrain_one(position, tok, functions, p, train_config, out, resume)
+
+
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
     if preset not in PRESETS:
@@ -48,36 +112,10 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
-    articles = load_articles("enwiki", data_dir, p["articles"])
-    train_docs, valid_docs = articles["train"], articles["validation"]
-    if resume and (out / "tokenizer.json").is_file():
-        tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with (training it is not
-        # deterministic: huggingface/tokenizers#1794)
-    else:
-        tok = train_wordpiece(train_docs, p["vocab"])
-        save_tokenizer(tok, out)
+    tok, (train_ids, _), (valid_ids, _), functions = _prepare(p, "enwiki", data_dir, out, resume, train_config)
     vocab = tok.get_vocab_size()
-    train_ids, train_mask = packed_sequences(tok, train_docs, p["max_len"])
-    valid_ids, valid_mask = packed_sequences(tok, valid_docs, p["max_len"])
-    valid_ids, valid_mask = valid_ids[: p["eval_sequences"]], valid_mask[: p["eval_sequences"]]
-    batch_fn, loss_fn, eval_fn = masked_lm_functions(tok, (train_ids, train_mask), (valid_ids, valid_mask),
-                                                     p["batch_size"], train_config)
-
-    results = {}
-    for name, position in VARIANTS.items():
-        config = RoFormerConfig(vocab_size=vocab, max_position_embeddings=p["max_len"], position=position,
-                                pad_token_id=tok.token_to_id("[PAD]"), **p["model"])
-        torch.manual_seed(train_config.seed)
-        model = RoFormerForMaskedLM(config)
-        started = time.perf_counter()
-        final = Trainer(model, train_config, out / name, batch_fn, loss_fn, eval_fn).fit(resume=resume)
-        if not is_main_process():
-            continue
-        model.save_pretrained(out / name / "model")
-        save_tokenizer(tok, out / name / "model")
-        results[name] = {"validation MLM loss": final["loss"], "validation MLM accuracy": final["accuracy"],
-                         "minutes": (time.perf_counter() - started) / 60,
-                         "parameters": sum(q.numel() for q in model.parameters())}
+    results = {name: _pretrain_one(position, tok, functions, p, train_config, out / name, resume)
+               for name, position in VARIANTS.items()}
     if not is_main_process():
         return results
     rows = [{"model": f"{name} ({VARIANTS[name]} positions)", **r} for name, r in results.items()]
