@@ -23,6 +23,7 @@ from ..models import RoFormerConfig, RoFormerForCausalLM
 from ..report import write_run_report
 from ..train import TrainConfig, Trainer, is_main_process, preset_train_config
 from ..train.lm import next_token_loss, stream_loss, window_batches
+from . import choose_preset
 
 
 @dataclass
@@ -59,9 +60,7 @@ PRESETS: dict[str, dict] = {
 
 def build_config(preset: str, device: str = "cpu", dtype: str | None = None, max_steps: int | None = None
                  ) -> CharLMConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    values = dict(PRESETS[preset])
+    values = dict(choose_preset(PRESETS, preset))
     train = preset_train_config(values.pop("train"), device, dtype, max_steps)
     return CharLMConfig(**values, train=train)
 

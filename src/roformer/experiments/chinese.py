@@ -27,6 +27,7 @@ from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceCla
 from ..report import markdown_table, plot_curves
 from ..train import TrainConfig, Trainer, is_main_process, preset_train_config
 from ..train.mlm import masked_lm_functions, packed_sequences
+from . import choose_preset
 
 __all__ = ["PRESETS", "PAPER_TABLE4", "PAPER_TABLE5", "pair_ids", "run"]
 
@@ -183,9 +184,7 @@ def _finetune(model_dir: Path, tok, scm: dict[str, Triplets], max_len: int, p: d
 
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/chinese", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = choose_preset(PRESETS, preset)
     if max_steps:  # shortens every pre-training stage (smoke checks of a preset)
         p = {**p, "stages": [(n, b, min(s, max_steps)) for n, b, s in p["stages"]],
              "baseline_stages": [(n, b, min(s, max_steps)) for n, b, s in p["baseline_stages"]]}

@@ -29,6 +29,7 @@ from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table
 from ..train import TrainConfig, Trainer, is_main_process
+from . import choose_preset
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
 
@@ -179,9 +180,7 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     ``out/model`` and return the grid and the best learning rate's mean +- std of the task metric."""
     if task not in TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; known: {', '.join(TASKS)}")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = choose_preset(PRESETS, preset)
     lrs, seeds = tuple(lrs or p["lrs"]), seeds or p["seeds"]
     model_dir, out = Path(model_dir), Path(out)
     metric = TASKS[task].metric
@@ -261,8 +260,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/glue", 
         models: str | Path = "reports/mlm", tasks=TABLE2_ORDER) -> dict:
     """Table 2: fine-tune the BERT baseline and RoFormer pre-trained by ``roformer experiment mlm`` (found in
     ``models``/{bert,roformer}/model) on each task and write ``out``/report.md and a bar chart."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    p = choose_preset(PRESETS, preset)
     out, models = Path(out), Path(models)
     pretrained = {"BERT (ours)": models / "bert" / "model", "RoFormer (ours)": models / "roformer" / "model"}
     for path in pretrained.values():
@@ -275,7 +273,6 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/glue", 
                for name, path in pretrained.items()}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     _plot(results, out / "glue.png")
-    p = PRESETS[preset]
     rows = [{"model": name, **{TASK_TITLES[t]: _cell(r[t]) for t in tasks}} for name, r in results.items()]
     first = next(iter(results.values()))
     rows.append({"model": "majority class", **{TASK_TITLES[t]: "absent" if "absent" in first[t] else "—"

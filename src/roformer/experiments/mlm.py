@@ -25,6 +25,7 @@ from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, plot_curves
 from ..train import Trainer, is_main_process, preset_train_config
 from ..train.mlm import masked_lm_functions, packed_sequences
+from . import choose_preset
 
 VARIANTS = {"bert": "learned", "roformer": "rope"}
 
@@ -95,9 +96,7 @@ def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "smal
              max_steps: int | None = None) -> dict:
     """One masked LM (``position="rope"``: RoFormer; ``"learned"``: the BERT baseline) on ``corpus``, saved with
     its tokenizer in ``out/model`` (a HuggingFace-compatible directory)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p, out = PRESETS[preset], Path(out)
+    p, out = choose_preset(PRESETS, preset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
     tok, _, _, functions = _prepare(p, corpus, data_dir, out, resume, train_config)
@@ -106,9 +105,7 @@ def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "smal
 
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = choose_preset(PRESETS, preset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)

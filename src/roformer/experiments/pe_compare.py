@@ -19,6 +19,7 @@ from ..data.tokenizer import save_tokenizer, train_bpe
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, plot_curves
 from ..train import is_main_process, preset_train_config
+from . import choose_preset
 from .lm_compare import eval_curve, steps_to_reach, train_variants
 
 VARIANTS = ("learned", "t5", "rope", "sinusoidal", "alibi")
@@ -61,9 +62,7 @@ def encode_corpus(preset: dict, data_dir, out: Path) -> tuple[torch.Tensor, torc
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/pe_compare", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         variants: tuple[str, ...] = VARIANTS) -> dict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = choose_preset(PRESETS, preset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)

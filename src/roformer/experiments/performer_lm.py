@@ -16,6 +16,7 @@ from ..data.corpora import byte_tensor, load_bytes_corpus
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, plot_curves
 from ..train import is_main_process, preset_train_config
+from . import choose_preset
 from .lm_compare import train_variants
 
 PRESETS = {
@@ -34,9 +35,7 @@ PRESETS = {
 
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/performer_lm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = choose_preset(PRESETS, preset)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
     corpus = load_bytes_corpus("enwik8", data_dir)
     train, valid = byte_tensor(corpus["train"]), byte_tensor(corpus["validation"][: p["eval_bytes"] + 1])

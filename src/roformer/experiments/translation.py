@@ -26,6 +26,7 @@ from ..models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from ..report import markdown_table, plot_curves
 from ..train import Trainer, average_checkpoints, is_main_process, list_checkpoints, preset_train_config
 from ..train.losses import token_cross_entropy
+from . import choose_preset
 
 __all__ = ["PRESETS", "SPECIALS", "run", "translate_lines", "bleu"]
 
@@ -112,9 +113,7 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
 
 def run(preset: str = "small", data_dir=None, out: str | Path = "reports/translation", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = choose_preset(PRESETS, preset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, **TRAIN_FIXED)
