@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.chinese import load_chinese_documents, load_scm
+from ..data.padding import right_pad
 from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, plot_curves
@@ -93,11 +94,8 @@ class Triplets:
 
     def batch(self, rows: list[int], max_len: int) -> dict:
         pairs = [pair_ids(self.ids[r][0], self.ids[r][k], max_len, self.cls, self.sep) for r in rows for k in (1, 2)]
-        width = max(len(p[0]) for p in pairs)
-        ids = torch.full((len(pairs), width), self.pad, dtype=torch.long)
-        types = torch.zeros_like(ids)
-        for i, (p, t) in enumerate(pairs):
-            ids[i, : len(p)], types[i, : len(t)] = torch.tensor(p), torch.tensor(t)
+        ids = right_pad([p for p, _ in pairs], self.pad)
+        types = right_pad([t for _, t in pairs], 0)
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": (ids != self.pad).long()}
 
 
@@ -150,7 +148,7 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
     return previous, results
 
 
-def _finetune(model_dir: Path, tok, scm: dict[str, Triplets], max_len: int, p: dict, run_dir: Path, device, dtype,
+def _finetune(model_dir: Path, scm: dict[str, Triplets], max_len: int, p: dict, run_dir: Path, device, dtype,
               resume: bool, eval_lengths: tuple[int, ...]) -> dict:
     m = p["match"]
     steps_per_epoch = max(1, len(scm["train"]) // m["batch_size"])
@@ -230,15 +228,15 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/chinese
         if resume and done.is_file():
             matching[row] = json.loads(done.read_text())
             continue
-        matching[row] = _finetune(pretrained[name], toks[name], scm[name], length, p, run_dir, device, dtype,
+        matching[row] = _finetune(pretrained[name], scm[name], length, p, run_dir, device, dtype,
                                   resume, eval_lengths)
     results = {"stages": stages, "matching": matching, "tokenizer minutes": tokenizer_minutes}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    _write_report(out, p, preset, command, toks, docs, scm_rows, stages, matching, runs)
+    _write_report(out, p, preset, command, toks, docs, scm, stages, matching, runs)
     return results
 
 
-def _write_report(out: Path, p: dict, preset: str, command: str, toks: dict, docs: dict, scm_rows: dict,
+def _write_report(out: Path, p: dict, preset: str, command: str, toks: dict, docs: dict, scm: dict,
                   stages: dict, matching: dict, runs: dict) -> None:
     plot_curves({f"{name} stage {r['stage']} (len {r['max length']})": out / name / f"stage{r['stage']}"
                  for name in stages for r in stages[name]}, out / "pretraining.png", keys=("loss",),
@@ -259,11 +257,10 @@ def _write_report(out: Path, p: dict, preset: str, command: str, toks: dict, doc
     table5_rows = [{"model": m, "evaluated at length": at, "validation accuracy %": c["validation"],
                     "test accuracy %": c["test"]} for (m, at), c in table5.items()]
     paper5 = [{"model": m, "validation": v, "test": t} for m, (v, t) in PAPER_TABLE5.items()]
-    lengths = {name: sorted(len(t) for row in scm_rows["train"] for t in
-                            (e.ids for e in toks[name].encode_batch(list(row))))
-               for name in toks}
+    lengths = {name: sorted(len(ids) for row in scm[name]["train"].ids for ids in row) for name in scm}
     median = {name: v[len(v) // 2] for name, v in lengths.items()}
-    m, n_test = p["match"], len(scm_rows["test"])
+    counts = {split: len(triplets) for split, triplets in next(iter(scm.values())).items()}
+    m, n_test = p["match"], counts["test"]
     text = [
         "# §4.5 Chinese long text: multi-stage pre-training and CAIL2019-SCM (Tables 4-5)", "",
         f"Produced by: `{command or f'roformer experiment chinese --preset {preset}'}`", "",
@@ -281,7 +278,7 @@ def _write_report(out: Path, p: dict, preset: str, command: str, toks: dict, doc
         "The paper's Table 4 (RoFormer, Chinese base model), quoted for reference:", "",
         markdown_table(paper4, list(paper4[0])), "", "![pre-training](pretraining.png)", "",
         "## CAIL2019-SCM (Table 5)", "",
-        f"{len(scm_rows['train'])} / {len(scm_rows['validation'])} / {len(scm_rows['test'])} triplets (the 500 of the "
+        f"{counts['train']} / {counts['validation']} / {counts['test']} triplets (the 500 of the "
         f"public sample, 6:2:2 after a seeded shuffle); documents have a median of {median['roformer']} word-level "
         f"and {median['bert']} character-level tokens, so a pair needs about twice that. Fine-tuning: "
         f"{m['epochs']} epochs, batch {m['batch_size']} triplets, lr {m['lr']:g}, one seed; the accuracy is the "

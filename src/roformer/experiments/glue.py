@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..data.glue import TASKS, Example, TaskData, load_task
+from ..data.padding import right_pad
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..models import RoFormerForSequenceClassification
@@ -69,14 +70,10 @@ class Encoded:
 
     def batch(self, rows: list[int], pad_id: int) -> dict:
         """Rows padded to the longest of them."""
-        width = max(len(self.ids[r]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(self.ids[r])
-            ids[i, :n], types[i, :n], mask[i, :n] = torch.tensor(self.ids[r]), torch.tensor(self.types[r]), 1
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": self.labels[rows]}
+        return {"input_ids": right_pad([self.ids[r] for r in rows], pad_id),
+                "token_type_ids": right_pad([self.types[r] for r in rows], 0),
+                "attention_mask": right_pad([[1] * len(self.ids[r]) for r in rows], 0),
+                "labels": self.labels[rows]}
 
 
 def check_labels(task: str, examples: list[Example], num_labels: int) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.padding import right_pad
 from ..data.parallel import load_parallel, token_batches
 from ..data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from ..models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
@@ -63,19 +64,10 @@ def _encode(tok, texts: list[str], max_len: int, eos: int) -> list[list[int]]:
 def _collate(src: list[list[int]], tgt: list[list[int]] | None, bos: int, pad: int) -> dict:
     """Right-padded sources with their mask; with targets (ending in EOS), decoder inputs BOS + target and labels
     target + EOS (-100 on padding)."""
-    width = max(map(len, src))
-    src_ids = torch.full((len(src), width), pad, dtype=torch.long)
-    for i, s in enumerate(src):
-        src_ids[i, : len(s)] = torch.tensor(s)
+    src_ids = right_pad(src, pad)
     batch = {"src_ids": src_ids, "src_mask": (src_ids != pad).long()}
     if tgt is not None:
-        width = max(map(len, tgt))
-        tgt_ids = torch.full((len(tgt), width), pad, dtype=torch.long)
-        labels = torch.full((len(tgt), width), -100, dtype=torch.long)
-        for i, t in enumerate(tgt):
-            tgt_ids[i, : len(t)] = torch.tensor([bos] + t[:-1])
-            labels[i, : len(t)] = torch.tensor(t)
-        batch |= {"tgt_ids": tgt_ids, "labels": labels}
+        batch |= {"tgt_ids": right_pad([[bos] + t[:-1] for t in tgt], pad), "labels": right_pad(tgt, -100)}
     return batch
 
 

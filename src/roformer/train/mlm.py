@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data.mlm import mask_tokens, pack_documents
+from ..data.padding import right_pad
 from .lm import step_generator
 from .trainer import TrainConfig
 
@@ -17,9 +18,7 @@ def packed_sequences(tok, docs: list[str], max_len: int) -> tuple[torch.Tensor, 
     their attention mask."""
     cls, sep, pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
     sequences = pack_documents([e.ids for e in tok.encode_batch(docs, add_special_tokens=False)], max_len, cls, sep)
-    ids = torch.full((len(sequences), max_len), pad, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
+    ids = right_pad(sequences, pad, max_len)
     return ids, (ids != pad).long()
 
 
