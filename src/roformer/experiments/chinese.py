@@ -27,7 +27,7 @@ from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, plot_curves
 from ..train import TrainConfig, Trainer, is_main_process, preset_train_config
-from ..train.mlm import masked_lm_functions, packed_sequences
+from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset
 
 __all__ = ["PRESETS", "PAPER_TABLE4", "PAPER_TABLE5", "pair_ids", "run"]
@@ -119,7 +119,7 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
               resume: bool) -> tuple[Path, list[dict]]:
     """Multi-stage MLM: stage i starts from stage i-1's saved model. Returns the last model dir and per-stage
     results."""
-    results, previous = [], None
+    results, previous, ids = [], None, None
     for i, (max_len, batch_size, steps) in enumerate(stages, start=1):
         stage_dir = out / name / f"stage{i}"
         train_config = preset_train_config({**p["pretrain"], "max_steps": steps, "eval_every": 0}, device, dtype,
@@ -129,8 +129,10 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
             results.append(json.loads(done.read_text()))
             previous = stage_dir / "model"
             continue
-        train = packed_sequences(tok, docs["train"], max_len)
-        valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, docs["validation"], max_len))
+        if ids is None:  # word segmentation is the slow part: once for all the stages that still train
+            ids = {split: document_ids(tok, docs[split]) for split in ("train", "validation")}
+        train = packed_sequences(tok, ids["train"], max_len)
+        valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, ids["validation"], max_len))
         batch_fn, loss_fn, eval_fn = masked_lm_functions(tok, train, valid, batch_size, train_config)
         torch.manual_seed(train_config.seed)
         model = (RoFormerForMaskedLM.from_pretrained(previous) if previous else RoFormerForMaskedLM(config))

@@ -24,7 +24,7 @@ from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, tr
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, plot_curves
 from ..train import Trainer, is_main_process, preset_train_config
-from ..train.mlm import masked_lm_functions, packed_sequences
+from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset
 
 VARIANTS = {"bert": "learned", "roformer": "rope"}
@@ -70,8 +70,9 @@ def _prepare(p: dict, corpus: str, data_dir, out: Path, resume: bool, train_conf
     else:
         tok = train_wordpiece(docs["train"], p["vocab"])
         save_tokenizer(tok, out)
-    train = packed_sequences(tok, docs["train"], p["max_len"])
-    valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, docs["validation"], p["max_len"]))
+    train = packed_sequences(tok, document_ids(tok, docs["train"]), p["max_len"])
+    valid = tuple(t[: p["eval_sequences"]]
+                  for t in packed_sequences(tok, document_ids(tok, docs["validation"]), p["max_len"]))
     return tok, train, valid, masked_lm_functions(tok, train, valid, p["batch_size"], train_config)
 
 

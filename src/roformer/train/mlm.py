@@ -10,14 +10,19 @@ from ..data.padding import right_pad
 from .lm import step_generator
 from .trainer import TrainConfig
 
-__all__ = ["packed_sequences", "masked_lm_functions"]
+__all__ = ["document_ids", "packed_sequences", "masked_lm_functions"]
 
 
-def packed_sequences(tok, docs: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def document_ids(tok, docs: list[str]) -> list[list[int]]:
+    """Each document's token ids (no special tokens): tokenize once, pack at as many lengths as needed."""
+    return [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+
+
+def packed_sequences(tok, doc_ids: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[CLS] doc [SEP] doc [SEP] ...`` sequences of at most ``max_len`` tokens, right-padded with [PAD], and
     their attention mask."""
     cls, sep, pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
-    sequences = pack_documents([e.ids for e in tok.encode_batch(docs, add_special_tokens=False)], max_len, cls, sep)
+    sequences = pack_documents(doc_ids, max_len, cls, sep)
     ids = right_pad(sequences, pad, max_len)
     return ids, (ids != pad).long()
 
