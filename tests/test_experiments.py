@@ -14,25 +14,47 @@ pytestmark = pytest.mark.slow
 def test_performer_lm_smoke(tmp_path):
     require_data("enwik8")
     assert main(["experiment", "performer_lm", "--preset", "smoke", "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["performer", "performer+rope"]
-    assert all(0 < r["validation bpc"] < 9 for r in rows)
-    for f in ("report.md", "training_loss.png", "validation_loss.png", "performer/metrics.jsonl",
-              "performer+rope/model/model.safetensors"):
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in results["rows"]] == ["performer", "performer+rope"]
+    assert all(len(v) == 2 and all(0 < b < 9 for b in v) for v in results["validation_bpc"].values())
+    for f in ("report.md", "training_loss.png", "validation_loss.png", "performer/seed0/metrics.jsonl",
+              "performer+rope/seed1/model/model.safetensors"):
         assert (tmp_path / f).is_file(), f
     assert "performer+rope" in (tmp_path / "report.md").read_text()
+    # resuming a finished comparison retrains nothing and writes the same table
+    before = (tmp_path / "results.json").read_text()
+    assert main(["experiment", "performer_lm", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert (tmp_path / "results.json").read_text() == before
 
 
 def test_pe_compare_smoke(tmp_path):
     require_data("enwiki")
-    assert main(["experiment", "pe_compare", "--preset", "smoke", "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["position encoding"] for r in rows] == ["learned", "t5", "rope", "sinusoidal", "alibi"]
-    for r in rows:
-        assert r["validation loss"] > 0 and r["perplexity"] > 1
+    assert main(["experiment", "pe_compare", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "1"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in results["rows"]] == ["learned", "t5", "rope", "sinusoidal", "alibi"]
+    assert all(len(v) == 1 and v[0] > 0 for v in results["validation_loss"].values())
     report = (tmp_path / "report.md").read_text()
-    assert "RoPE reaches this loss at step" in report
+    assert "RoPE (mean curve) reaches this mean loss at step" in report
     assert (tmp_path / "validation_loss.png").stat().st_size > 10_000
+
+
+def test_seed_statistics_against_scipy():
+    """mean ± std and the paired t interval, against scipy's own paired t-test on the same numbers."""
+    from scipy import stats
+
+    from roformer.report import paired_difference, seed_rows
+
+    a, b = [2.61, 2.58, 2.64, 2.60], [2.59, 2.57, 2.60, 2.61]
+    mean, low, high = paired_difference(a, b)
+    test = stats.ttest_rel(a, b)
+    interval = test.confidence_interval(0.95)
+    assert mean == pytest.approx(sum(x - y for x, y in zip(a, b, strict=True)) / 4)
+    assert (low, high) == pytest.approx((interval.low, interval.high))
+    rows = seed_rows({"x": a, "rope": b}, "rope", "loss", digits=3)
+    assert rows[0]["loss (mean ± std)"] == f"{stats.tmean(a):.3f} ± {stats.tstd(a):.3f}"
+    assert rows[0]["seeds better than rope"] == "1/4"
+    with pytest.raises(ValueError, match="paired"):
+        paired_difference([1.0], [1.0, 2.0])
 
 
 def test_steps_to_reach():

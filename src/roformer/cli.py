@@ -109,9 +109,11 @@ def _experiment(args: argparse.Namespace) -> None:
     import importlib
 
     recipe = importlib.import_module(f"roformer.experiments.{args.name}")
-    out = args.out or f"reports/{args.name}"
+    out = args.out or f"runs/{args.name}"
     command = _command_line()
     extra = {"models": args.models} if args.models else {}
+    if args.seeds is not None:
+        extra["seeds"] = args.seeds
     recipe.run(args.preset, args.data_dir, out, args.resume, args.device, args.dtype, args.max_steps,
                command=command, **extra)
     print(f"report: {out}/report.md")
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "translation (§4.1) | chinese (§4.5)")
     _add_common(p, None)
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the preset's)")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
                    "(default reports/mlm)")
     p.set_defaults(func=_experiment)

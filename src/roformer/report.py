@@ -7,7 +7,8 @@ import json
 import textwrap
 from pathlib import Path
 
-__all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs"]
+__all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs",
+           "mean_std", "paired_difference", "seed_rows", "plot_seed_bands"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -105,3 +106,81 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     text = "\n".join([f"# {title}", "", markdown_table(rows, columns), "", "![curves](curves.png)", ""])
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
+
+
+# -- several seeds per variant ------------------------------------------------------------------------------
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def paired_difference(values, reference, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the per-seed differences ``values[i] - reference[i]`` and its Student-t confidence interval
+    (the seeds pair the runs: same initialisation seed and data order); (mean, low, high)."""
+    from scipy import stats
+
+    if len(values) != len(reference):
+        raise ValueError(f"paired seeds differ in number: {len(values)} vs {len(reference)}")
+    diffs = [float(a) - float(b) for a, b in zip(values, reference, strict=True)]
+    mean, std = mean_std(diffs)
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * std / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def seed_rows(per_variant: dict[str, list[float]], reference: str, metric: str, digits: int = 4,
+              lower_is_better: bool = True) -> list[dict]:
+    """One table row per variant: mean ± std over seeds, the seeds' values, and the paired difference against
+    ``reference`` with a 95% interval and how many seeds the variant beat the reference in."""
+    rows = []
+    for name, values in per_variant.items():
+        mean, std = mean_std(values)
+        row = {"variant": name, f"{metric} (mean ± std)": f"{mean:.{digits}f} ± {std:.{digits}f}",
+               "per seed": ", ".join(f"{v:.{digits}f}" for v in values)}
+        if name != reference and reference in per_variant:
+            diff, low, high = paired_difference(values, per_variant[reference])
+            wins = sum((a < b) == lower_is_better and a != b for a, b in zip(values, per_variant[reference],
+                                                                               strict=True))
+            row[f"minus {reference}: mean [95% CI]"] = f"{diff:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+            row[f"seeds better than {reference}"] = f"{wins}/{len(values)}"
+        else:
+            row[f"minus {reference}: mean [95% CI]"] = row[f"seeds better than {reference}"] = ""
+        rows.append(row)
+    return rows
+
+
+def plot_seed_bands(runs: dict[str, list[str | Path]], out_png: str | Path, key: str = "eval/loss",
+                    title: str = "Validation loss", ylabel: str = "loss (nats / token)") -> Path:
+    """One line per variant, the mean over its seeds' runs at each logged step, in a band from the lowest to the
+    highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, run_dirs in runs.items():
+        curves = [dict(zip(*_series(read_metrics(d), key), strict=True)) for d in run_dirs]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if not steps:
+            continue
+        values = [[c[s] for c in curves] for s in steps]
+        mean = [sum(v) / len(v) for v in values]
+        line, = ax.plot(steps, mean, label=f"{label} (mean of {len(curves)} seeds)")
+        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title("\n".join(textwrap.wrap(title + " (band: lowest to highest seed)", 72)), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,31 +19,38 @@ from ..train.lm import next_token_loss, stream_loss, window_batches
 
 
 def train_variants(variants: dict[str, DecoderConfig], train: torch.Tensor, valid: torch.Tensor, seq_len: int,
-                   batch_size: int, train_config: TrainConfig, out: Path, resume: bool = False) -> dict[str, dict]:
-    """Train each variant in ``out/<name>`` and return {name: summary}; a finished variant is not retrained
-    when ``resume`` is set."""
+                   batch_size: int, train_config: TrainConfig, out: Path, resume: bool = False,
+                   seeds: Sequence[int] = (0,)) -> dict[str, list[dict]]:
+    """Train each variant once per seed in ``out/<name>/seed<k>`` and return {name: [summary per seed]}. A seed
+    sets the initialisation (random features included) and the data order; every variant sees the same ones.
+    A finished run is not retrained when ``resume`` is set."""
     results = {}
     for name, config in variants.items():
-        run_dir = out / name
-        torch.manual_seed(train_config.seed)
-        model = DecoderLM(config)
-        batch_fn = window_batches(train, seq_len, batch_size, train_config.seed, train_config.grad_accum)
-        started = time.perf_counter()
-        trainer = Trainer(model, train_config, run_dir, batch_fn, next_token_loss,
-                          lambda net: {"loss": stream_loss(net, valid, seq_len)})
-        final = trainer.fit(resume=resume)
-        if not is_main_process():
-            continue
-        summary = {
-            "final": {"validation_loss": final["loss"], "perplexity": math.exp(final["loss"]),
-                      "parameters": sum(p.numel() for p in model.parameters()),
-                      "minutes": (time.perf_counter() - started) / 60},
-            "config": dataclasses.asdict(config),
-            "train": dataclasses.asdict(train_config),
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        model.save_pretrained(run_dir / "model")
-        results[name] = summary
+        for seed in seeds:
+            run_dir, seed_config = out / name / f"seed{seed}", dataclasses.replace(train_config, seed=seed)
+            torch.manual_seed(seed)
+            model = DecoderLM(config)
+            batch_fn = window_batches(train, seq_len, batch_size, seed, train_config.grad_accum)
+            started = time.perf_counter()
+            trainer = Trainer(model, seed_config, run_dir, batch_fn, next_token_loss,
+                              lambda net: {"loss": stream_loss(net, valid, seq_len)}, desc=f"{name} seed {seed}")
+            final = trainer.fit(resume=resume)
+            if not is_main_process():
+                continue
+            summary_path = run_dir / "summary.json"
+            if resume and summary_path.exists() and trainer.resumed_finished:
+                summary = json.loads(summary_path.read_text())  # keeps the minutes of the run that trained it
+            else:
+                summary = {
+                    "final": {"validation_loss": final["loss"], "perplexity": math.exp(final["loss"]),
+                              "parameters": sum(p.numel() for p in model.parameters()),
+                              "minutes": (time.perf_counter() - started) / 60},
+                    "config": dataclasses.asdict(config),
+                    "train": dataclasses.asdict(seed_config),
+                }
+                summary_path.write_text(json.dumps(summary, indent=2))
+                model.save_pretrained(run_dir / "model")
+            results.setdefault(name, []).append(summary)
     return results
 
 

@@ -106,6 +106,7 @@ class Trainer:
         batch_fn: Callable[[int, int], dict],
         loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, int]],
         eval_fn: Callable[[nn.Module], dict] | None = None,
+        desc: str | None = None,
     ):
         self.config, self.run_dir = config, Path(run_dir)
         self.batch_fn, self.loss_fn, self.eval_fn = batch_fn, loss_fn, eval_fn
@@ -123,7 +124,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.step = 0
+        self.step, self.desc = 0, desc
+        self.resumed_finished = False  # set by fit(): the run was already complete, nothing was trained
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self._tb = None
@@ -222,13 +224,14 @@ class Trainer:
             if is_main_process():
                 print(f"resumed from step {self.step} ({latest_checkpoint(self.checkpoint_dir)})")
             if self.step >= c.max_steps:
+                self.resumed_finished = True
                 return self.last_eval()
         elif not resume and is_main_process() and self.metrics_path.exists():
             self.metrics_path.unlink()
         net = self.ddp or self.model
         net.train()
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and is_main_process()),
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True, desc=self.desc)
         tokens_seen, t0 = 0, time.perf_counter()
         while self.step < c.max_steps:
             # every update's randomness (dropout) is a function of (seed, rank, step): exact resume, also
