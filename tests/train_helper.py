@@ -36,7 +36,8 @@ def char_lm_run(out, resume=False, kill_at=None):
     char_lm.run("smoke", out=out, resume=resume)
 
 
-def tiny_lm_run(out):
+def tiny_setup():
+    """A tiny dropout-free causal LM on a learnable stream: (model, batch_fn, loss_fn)."""
     torch.manual_seed(0)
     model = RoFormerForCausalLM(RoFormerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
                                                num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
@@ -53,6 +54,11 @@ def tiny_lm_run(out):
         logits = net(x[:, :-1]).logits
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()), x[:, 1:].numel()
 
+    return model, batch_fn, loss_fn
+
+
+def tiny_lm_run(out):
+    model, batch_fn, loss_fn = tiny_setup()
     config = TrainConfig(max_steps=6, grad_accum=2, lr=1e-2, log_every=1, progress=False, clip_grad_norm=1.0)
     Trainer(model, config, out, batch_fn, loss_fn).fit()
 

@@ -3,8 +3,81 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import math
+import os
 import sys
 from pathlib import Path
+
+DEBUG_ENV = "ROFORMER_DEBUG"
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for, reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the one line every other failure gets (the usage is one --help away)."""
+
+    def error(self, message: str):
+        print(f"roformer: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind, low=None, high=None, low_open=False, finite=True):
+    """An argparse type: a number of ``kind`` within [low, high] (``low_open``: strictly above low)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if finite and isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'above' if low_open else 'at least'} {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be at most {high}")
+        return value
+    return parse
+
+
+POSITIVE_INT, NONNEGATIVE_FLOAT = _number(int, 1), _number(float, 0.0)
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this PyTorch build or machine has no CUDA device; use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no MPS device here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: unsupported device type; use cpu, cuda, cuda:N or mps")
+    return text
+
+
+def _out_dir(text: str) -> str:
+    """An output directory: absent (it is created), or an existing directory this process can write to."""
+    path = Path(text)
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if existing == path and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is an existing file, not a directory")
+    if existing != path and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {existing} is a file, so no directory can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: {existing} is not writable")
+    return text
+
+
+def _input_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is {'a directory' if Path(text).is_dir() else 'not a file'}")
+    return text
 
 
 def _decay(args: argparse.Namespace) -> None:
@@ -39,6 +112,8 @@ def _generate(args: argparse.Namespace) -> None:
     from .experiments.char_lm import generate_text
     from .models import RoFormerForCausalLM
 
+    if not args.prompt:
+        raise UsageError("--prompt is empty: give at least one character to continue")
     model = RoFormerForCausalLM.from_pretrained(args.model).to(args.device).eval()
     if model.config.vocab_size != 256:
         raise ValueError(f"{args.model} is not a byte-level model (vocab size {model.config.vocab_size})")
@@ -74,16 +149,23 @@ def _finetune(args: argparse.Namespace) -> None:
     from .experiments.glue import finetune_task
 
     tasks = list(TASKS) if args.task == "all" else args.task.split(",")
-    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UsageError(f"unknown task {', '.join(unknown)}; use one of {', '.join(TASKS)}, a comma list or all")
+    absent = []
+    lrs = [_number(float, 0.0, low_open=True)(v) for v in args.lrs.split(",")] if args.lrs else None
     for task in tasks:
         r = finetune_task(args.model, task, args.preset, args.data_dir, Path(args.out) / task, args.resume,
                           args.device, args.dtype, args.max_steps, lrs, args.seeds)
         if "absent" in r:
-            print(f"{task}: data absent: {r['absent']}")
+            print(f"{task}: skipped, data absent: {r['absent']}")
+            absent.append(task)
             continue
         print(f"{task}: {r['metric']} {r['mean']:.2f} ± {r['std']:.2f} at lr {r['best_lr']:g} "
               f"(grid means: " + ", ".join(f"{lr}: {sum(v) / len(v):.2f}" for lr, v in r["grid"].items())
               + f"); best model in {Path(args.out) / task / 'model'}")
+    if absent and (args.task != "all" or len(absent) == len(tasks)):
+        raise UsageError(f"no data for {', '.join(absent)}: see the message above for where to get it")
 
 
 def _translate(args: argparse.Namespace) -> None:
@@ -114,6 +196,10 @@ def _experiment(args: argparse.Namespace) -> None:
     extra = {"models": args.models} if args.models else {}
     if args.seeds is not None:
         extra["seeds"] = args.seeds
+    accepted = inspect.signature(recipe.run).parameters
+    for option in extra:
+        if option not in accepted:
+            raise UsageError(f"--{option} does not apply to experiment {args.name}")
     recipe.run(args.preset, args.data_dir, out, args.resume, args.device, args.dtype, args.max_steps,
                command=command, **extra)
     print(f"report: {out}/report.md")
@@ -121,12 +207,13 @@ def _experiment(args: argparse.Namespace) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--preset", default="small", help="smoke | small | paper")
+    p.add_argument("--preset", default="small", choices=("smoke", "small", "paper"))
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $ROFORMER_DATA_DIR)")
-    p.add_argument("--out", default=out, help="run directory")
+    p.add_argument("--out", default=out, type=_out_dir, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (autocast)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", type=_device)
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="autocast dtype")
+    p.add_argument("--max-steps", type=POSITIVE_INT, default=None, help="override the preset's number of updates")
 
 
 def _cuda() -> bool:
@@ -136,20 +223,20 @@ def _cuda() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roformer", description=__doc__)
+    parser = _Parser(prog="roformer", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("decay", help="RoPE's long-term decay bound (§3.4.3, Fig. 2): CSV + PNG")
-    p.add_argument("--dim", type=int, default=128, help="rotary dimension d (even)")
-    p.add_argument("--max-distance", type=int, default=256)
-    p.add_argument("--base", type=float, default=10000.0)
-    p.add_argument("--out", default="runs/decay", help="output directory")
+    p.add_argument("--dim", type=_number(int, 2), default=128, help="rotary dimension d (even)")
+    p.add_argument("--max-distance", type=POSITIVE_INT, default=256)
+    p.add_argument("--base", type=_number(float, 1.0, low_open=True), default=10000.0, help="theta base, above 1")
+    p.add_argument("--out", default="runs/decay", type=_out_dir, help="output directory")
     p.set_defaults(func=_decay)
 
     p = verbs.add_parser("train", help="train a character-level causal RoFormer LM (enwik8) and report bpc")
     _add_common(p, "runs/enwik8")
-    p.add_argument("--data", default=None, help="enwik8 (default) or tinyshakespeare")
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
+    p.add_argument("--data", default=None, choices=("enwik8", "tinyshakespeare"), help="default: enwik8")
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
@@ -157,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2) | glue (§4.3, after mlm) | "
                    "translation (§4.1) | chinese (§4.5)")
     _add_common(p, None)
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the preset's)")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds per variant (default: the preset's)")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
                    "(default reports/mlm)")
     p.set_defaults(func=_experiment)
@@ -167,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position", default="rope", help="rope (RoFormer) | learned (the BERT baseline) | ...")
     p.add_argument("--corpus", default="enwiki", help="enwiki, or a text file of blank-line separated documents")
     _add_common(p, "runs/pretrain")
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's number of updates")
     p.set_defaults(func=_pretrain)
 
     p = verbs.add_parser("finetune", help="fine-tune a saved encoder on GLUE tasks over a learning-rate x seed grid")
@@ -175,52 +260,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="saved encoder directory with its tokenizer (ours or HuggingFace)")
     _add_common(p, "runs/finetune")
     p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: the preset's)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per learning rate (default: the preset's)")
-    p.add_argument("--max-steps", type=int, default=None, help="override the number of updates per run")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds per learning rate (default: the preset's)")
     p.set_defaults(func=_finetune)
 
     p = verbs.add_parser("translate", help="translate lines from a file or stdin with a saved encoder-decoder")
     p.add_argument("--model", default="reports/translation/rope/model", help="saved model directory with tokenizer")
-    p.add_argument("--input", default=None, help="text file, one sentence per line (default: stdin)")
-    p.add_argument("--beam", type=int, default=4, help="beam size")
+    p.add_argument("--input", default=None, type=_input_file, help="text file, one sentence per line (default: stdin)")
+    p.add_argument("--beam", type=POSITIVE_INT, default=4, help="beam size")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (beam 1)")
-    p.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha")
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    p.add_argument("--max-source-tokens", type=int, default=256, help="longer sources are cut to this many tokens")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--length-penalty", type=NONNEGATIVE_FLOAT, default=0.6, help="GNMT length penalty alpha (>= 0)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="sentences per batch")
+    p.add_argument("--max-source-tokens", type=POSITIVE_INT, default=256, help="longer sources are cut to this many "
+                   "tokens")
+    p.add_argument("--device", default="cpu", type=_device)
     p.set_defaults(func=_translate)
 
     p = verbs.add_parser("generate", help="sample text from a trained byte-level causal LM")
     p.add_argument("--model", default="runs/enwik8/model", help="saved model directory")
     p.add_argument("--prompt", default="The history of ")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=300)
+    p.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=40, help="sample from the k most likely bytes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=_device)
     p.set_defaults(func=_generate)
 
     p = verbs.add_parser("fill-mask", help="show a masked LM's predictions for each [MASK] in a sentence")
     p.add_argument("text", help='e.g. "the capital of france is [MASK] ."')
     p.add_argument("--model", default="reports/mlm/roformer/model", help="saved model directory with tokenizer")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=POSITIVE_INT, default=5)
     p.set_defaults(func=_fill_mask)
 
     p = verbs.add_parser("report", help="overlay several runs' curves and tabulate their final metrics")
     p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--out", default="runs/report")
+    p.add_argument("--out", default="runs/report", type=_out_dir)
     p.add_argument("--title", default="Comparison")
     p.set_defaults(func=_report)
     return parser
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    if getattr(args, "resume", None) is None:
+        return ""
+    words = sys.argv[1:] if sys.argv[0].endswith("roformer") else []
+    return f"; continue with: roformer {' '.join(words + ([] if args.resume else ['--resume']))}" if words else \
+        "; add --resume to the same command to continue"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one verb. Every failure ends as one line ``roformer: error: ...`` (exit 2; 1 for an unexpected
+    internal error, 130 for Ctrl-C); ``--debug`` or ``ROFORMER_DEBUG=1`` shows the traceback instead."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug or os.environ.get(DEBUG_ENV):
+        args.func(args)
+        return 0
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"roformer {args.verb}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nroformer: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, argparse.ArgumentTypeError) as e:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+            message = f"{e.filename}: {e.strerror or message}"
+        print(f"roformer: error: {message}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, not a user mistake: still one line, and how to get the details
+        print(f"roformer: error: internal error {type(e).__name__}: {e} (rerun with --debug for the traceback "
+              "and report it)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,13 +1,22 @@
-"""Atomic file writes: a reader (or a crash at any moment) sees the old file or the new one, never half."""
+"""Atomic file writes: a reader (or a crash at any moment) sees the old file or the new one, never half. Files
+get the permissions the process umask gives a new file (``mkstemp`` alone would make them private)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "read_json", "read_safetensors"]
+
+
+def umask_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -21,6 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -30,3 +40,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: str | Path):
+    """A JSON file's content; a malformed file is a ValueError that names it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """The tensors of a safetensors file; a truncated or foreign file is a ValueError that names it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated: save or "
+                         "download it again") from None

@@ -97,7 +97,9 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
 
     started = time.perf_counter()
     batch_fn = window_batches(train, c.seq_len, c.batch_size, c.train.seed, c.train.grad_accum)
-    final = Trainer(model, c.train, out, batch_fn, next_token_loss, eval_fn).fit(resume=resume)
+    identity = {"preset": preset, "data": c.data, "model": dataclasses.asdict(model_config(c))}
+    final = Trainer(model, c.train, out, batch_fn, next_token_loss, eval_fn, desc=f"{c.data} {preset}",
+                    identity=identity).fit(resume=resume)
     if not is_main_process():
         return final
     model.eval()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +33,11 @@ def train_variants(variants: dict[str, DecoderConfig], train: torch.Tensor, vali
             model = DecoderLM(config)
             batch_fn = window_batches(train, seq_len, batch_size, seed, train_config.grad_accum)
             started = time.perf_counter()
+            identity = {"model": dataclasses.asdict(config), "seq_len": seq_len, "batch_size": batch_size,
+                        "train_data": fingerprint(train), "validation_data": fingerprint(valid)}
             trainer = Trainer(model, seed_config, run_dir, batch_fn, next_token_loss,
-                              lambda net: {"loss": stream_loss(net, valid, seq_len)}, desc=f"{name} seed {seed}")
+                              lambda net: {"loss": stream_loss(net, valid, seq_len)}, desc=f"{name} seed {seed}",
+                              identity=identity)
             final = trainer.fit(resume=resume)
             if not is_main_process():
                 continue
@@ -52,6 +56,11 @@ def train_variants(variants: dict[str, DecoderConfig], train: torch.Tensor, vali
                 model.save_pretrained(run_dir / "model")
             results.setdefault(name, []).append(summary)
     return results
+
+
+def fingerprint(tokens: torch.Tensor) -> str:
+    """Length and CRC-32 of a token stream: what a resume compares to know it trains on the same data."""
+    return f"{tokens.numel()} tokens, crc32 {zlib.crc32(tokens.cpu().numpy().tobytes()):08x}"
 
 
 def eval_curve(run_dir: Path) -> list[tuple[int, float]]:

@@ -136,8 +136,8 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", r
 
 def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each [MASK] in ``text``: the ``top_k`` most likely tokens and their probabilities."""
-    tok = load_tokenizer(model_dir)
     model = RoFormerForMaskedLM.from_pretrained(model_dir).eval()
+    tok = load_tokenizer(model_dir)
     check_tokenizer(tok, model.config.vocab_size, model.config.pad_token_id, model_dir, required=("[MASK]",))
     mask_id = tok.token_to_id("[MASK]")
     enc = tok.encode(text)

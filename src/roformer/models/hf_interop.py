@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from ..io import atomic_write
+from ..io import atomic_write, read_safetensors
 from .roformer import RoFormerConfig, RoFormerModel
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path) -> None:
 def _read_weights(directory: Path) -> dict[str, Tensor]:
     st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
     if st.is_file():
-        return load_file(st)
+        return read_safetensors(st)
     if pt.is_file():
         return torch.load(pt, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"no model.safetensors (or pytorch_model.bin) in {directory}")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import KVCache, attention_bias
+from ..io import read_json
 from ..layers import TransformerBlock, activation
 from ..position import POSITIONS, build_position
 
@@ -103,7 +104,7 @@ class RoFormerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoFormerConfig:
-        if not str(d.get("model_type", "roformer")).startswith("roformer"):
+        if d.get("model_type", "roformer") != "roformer":
             raise ValueError(f"not a RoFormer config: model_type is {d['model_type']!r}")
         if d.get("add_cross_attention"):
             raise ValueError("RoFormer with cross-attention (add_cross_attention=True) is not supported here")
@@ -125,7 +126,13 @@ class RoFormerConfig:
         path = Path(directory) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
-        return cls.from_dict(json.loads(path.read_text()))
+        config = read_json(path)
+        found = config.get("model_type", "roformer")
+        if found in ("roformer-decoder", "roformer-seq2seq"):
+            kind = "DecoderLM" if found == "roformer-decoder" else "Seq2SeqTransformer"
+            raise ValueError(f"{directory} holds a {found!r} model: load it with {kind}.from_pretrained (the "
+                             "RoFormer encoder classes read HuggingFace RoFormer checkpoints)")
+        return cls.from_dict(config)
 
 
 @dataclass

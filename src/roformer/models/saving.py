@@ -8,10 +8,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, read_json, read_safetensors
 
 __all__ = ["save_model_dir", "load_model_dir"]
 
@@ -29,10 +29,14 @@ def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
     path = directory / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
-    config = json.loads(path.read_text())
+    config = read_json(path)
     found = config.pop("model_type", None)
     if found != model_type:
         raise ValueError(f"{directory} holds a {found!r} model, not a {cls.__name__} ({model_type!r})")
     model = cls(config_cls(**config))
-    load_model(model, str(directory / "model.safetensors"))
+    weights = read_safetensors(directory / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{directory / 'model.safetensors'} does not fit its config.json: missing {missing}, "
+                         f"unexpected {unexpected}")
     return model

@@ -3,12 +3,17 @@ data position, since batches are a pure function of the step).
 
 A checkpoint is a directory ``checkpoints/step-00001234``. It is written under a temporary name and renamed
 into place in one step, so a kill at any moment leaves every earlier checkpoint intact and never a partial
-one under a real name.
+one under a real name; leftover temporary directories of a killed run are removed by the next save or resume.
+
+The trainer state holds only tensors, numbers, strings and containers of them (the numpy RNG state is stored
+as a tensor), and is loaded with ``torch.load(weights_only=True)``: a checkpoint from someone else cannot run
+code when it is resumed.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -16,24 +21,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "average_checkpoints",
-           "rng_state", "set_rng_state"]
+__all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "save_checkpoint", "load_checkpoint", "remove_temporary",
+           "latest_checkpoint", "list_checkpoints", "average_checkpoints", "rng_state", "set_rng_state"]
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
+class CorruptCheckpoint(ValueError):
+    """A checkpoint directory that cannot be read back (truncated, or not ours)."""
+
+
+class UnsafeCheckpoint(ValueError):
+    """A trainer state that holds objects other than tensors and plain data: loading it could run code."""
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -51,9 +71,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
+    remove_temporary(directory)
     tmp = directory / f".tmp-step-{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -67,6 +86,12 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_
     for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_temporary(directory: Path) -> None:
+    """Delete the temporary directories a killed save left behind (never a finished checkpoint)."""
+    for leftover in Path(directory).glob(".tmp-step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -84,10 +109,23 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step)."""
     path = Path(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    try:
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpoint(f"checkpoint {path}: refused, its trainer_state.pt holds objects other than tensors "
+                               "and plain data, and loading it could run code; resume only checkpoints written by "
+                               "this program") from None
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CorruptCheckpoint(f"checkpoint {path}: trainer_state.pt is unreadable ({e})") from None
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if "size mismatch" in str(e):
+            raise ValueError(f"checkpoint {path} was trained with another model shape: {e}") from None
+        raise CorruptCheckpoint(f"checkpoint {path}: model.safetensors is unreadable ({e})") from None
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
-    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    return state
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

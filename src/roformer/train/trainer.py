@@ -11,8 +11,10 @@ It runs single-process or under ``torchrun`` (DDP: gloo on CPU, nccl on CUDA), w
 its share of the rows of every micro-batch, so N processes compute the same update as one process with the
 same global batch.
 
-A run directory holds ``train_config.json``, ``metrics.jsonl`` (one JSON record per logged step and per
-evaluation) and ``checkpoints/``.
+A run directory holds ``train_config.json``, ``run.json`` (what the recipe says identifies the run: preset, data,
+model shape), ``metrics.jsonl`` (one JSON record per logged step and per evaluation) and ``checkpoints/``.
+Resuming checks that both JSON files agree with the command, so a run is never continued with other settings
+or data; a checkpoint that cannot be read is reported and the previous one is used.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from torch import nn
 from tqdm import tqdm
 
 from ..io import atomic_write_text
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CorruptCheckpoint,
+    list_checkpoints,
+    load_checkpoint,
+    remove_temporary,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .optim import SCHEDULES, build_optimizer, lr_multiplier
 
 __all__ = ["TrainConfig", "Trainer", "init_distributed", "is_main_process", "preset_train_config"]
@@ -107,6 +117,7 @@ class Trainer:
         loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, int]],
         eval_fn: Callable[[nn.Module], dict] | None = None,
         desc: str | None = None,
+        identity: dict | None = None,
     ):
         self.config, self.run_dir = config, Path(run_dir)
         self.batch_fn, self.loss_fn, self.eval_fn = batch_fn, loss_fn, eval_fn
@@ -124,7 +135,7 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.step, self.desc = 0, desc
+        self.step, self.desc, self.identity = 0, desc, identity or {}
         self.resumed_finished = False  # set by fit(): the run was already complete, nothing was trained
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -155,22 +166,53 @@ class Trainer:
             return None
         return save_checkpoint(self.checkpoint_dir, self.step, self.model, self._state(), self.config.keep_last)
 
+    # settings that may differ between an interrupted run and its resume: they change no result
+    _RESUMABLE = ("device", "progress", "log_every", "eval_every", "save_every", "keep_last")
+
+    def _check_same_run(self) -> None:
+        """Refuse to resume a run directory whose saved settings differ from this command's."""
+        differ = []
+        for name, current in (("train_config.json", dataclasses.asdict(self.config)), ("run.json", self.identity)):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"cannot resume: {path} is not valid JSON ({e})") from None
+            current = json.loads(json.dumps(current))  # tuples as lists, as saved
+            differ += [f"{k}: run has {saved.get(k)!r}, command has {current.get(k)!r}"
+                       for k in sorted(set(saved) | set(current))
+                       if k not in self._RESUMABLE and saved.get(k) != current.get(k)]
+        if differ:
+            raise ValueError(f"cannot resume {self.run_dir}: it was started with other settings ({'; '.join(differ)})"
+                             ". Run without --resume into another --out, or repeat the original command")
+
     def resume(self) -> bool:
-        """Continue from the latest checkpoint in the run directory; False when there is none."""
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return False
-        state = load_checkpoint(path, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
-        set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
-        # records past the checkpoint belong to the interrupted attempt; they are recomputed identically
-        if is_main_process() and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= self.step]
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
-        return True
+        """Continue from the latest readable checkpoint in the run directory; False when there is none."""
+        remove_temporary(self.checkpoint_dir)
+        self._check_same_run()
+        found = list_checkpoints(self.checkpoint_dir)
+        for path in reversed(found):
+            try:
+                state = load_checkpoint(path, self.model)
+            except CorruptCheckpoint as e:
+                print(f"warning: {e}; using the previous checkpoint", flush=True)
+                continue
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = state["step"]
+            set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
+            # records past the checkpoint belong to the interrupted attempt; they are recomputed identically
+            if is_main_process() and self.metrics_path.exists():
+                kept = [line for line in self.metrics_path.read_text().splitlines()
+                        if line and json.loads(line)["step"] <= self.step]
+                atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+            self.resumed_from = path
+            return True
+        if found:
+            raise CorruptCheckpoint(f"cannot resume {self.run_dir}: none of its {len(found)} checkpoints is readable")
+        return False
 
     # -- the loop -----------------------------------------------------------------------------------
     def _autocast(self):
@@ -212,17 +254,22 @@ class Trainer:
         """Train to ``max_steps``; returns the final evaluation metrics."""
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and list_checkpoints(self.checkpoint_dir):
+            raise ValueError(f"{self.run_dir} already holds a training run (checkpoints/): add --resume to continue "
+                             "it, or choose another --out; nothing was overwritten")
+        resumed = resume and self.resume()
         if is_main_process():
             atomic_write_text(self.run_dir / "train_config.json", json.dumps(dataclasses.asdict(c), indent=2))
+            atomic_write_text(self.run_dir / "run.json", json.dumps(self.identity, indent=2))
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:
                 self._tb = None
-        if resume and self.resume():
+        if resumed:
             if is_main_process():
-                print(f"resumed from step {self.step} ({latest_checkpoint(self.checkpoint_dir)})")
+                print(f"resumed from step {self.step} ({self.resumed_from})")
             if self.step >= c.max_steps:
                 self.resumed_finished = True
                 return self.last_eval()

@@ -1,0 +1,202 @@
+"""Every user mistake through the real `roformer` entry point (a subprocess): one line `roformer: error: ...`
+naming the problem, exit code 2 (130 for Ctrl-C), never a traceback; runs are never silently mixed."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from roformer import RoFormerConfig, RoFormerForCausalLM
+from roformer.models.decoder import DecoderConfig, DecoderLM
+
+from .conftest import require_data
+from .train_helper import tiny_setup
+
+ROFORMER = str(Path(sys.executable).parent / "roformer")
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([ROFORMER, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def assert_error(result, *words, code=2):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("roformer: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture(scope="module")
+def byte_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("byte_model")
+    torch.manual_seed(0)
+    config = RoFormerConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, pad_token_id=None, type_vocab_size=1, is_decoder=True)
+    RoFormerForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("args,words", [
+    (["generate", "--top-k", "0"], ["--top-k", "at least 1"]),
+    (["generate", "--top-k", "-3"], ["--top-k"]),
+    (["generate", "--temperature", "nan"], ["--temperature", "finite"]),
+    (["generate", "--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["fill-mask", "a [MASK] b", "--top-k", "-1"], ["--top-k"]),
+    (["fill-mask", "a [MASK] b", "--top-k", "0"], ["--top-k"]),
+    (["train", "--device", "cuda"], ["--device", "no CUDA"]),
+    (["train", "--device", "foo"], ["--device", "not a device"]),
+    (["train", "--data", "wikitext"], ["--data", "tinyshakespeare"]),
+    (["train", "--max-steps", "0"], ["--max-steps", "at least 1"]),
+    (["finetune", "--task", "sst2", "--model", "x", "--seeds", "0"], ["--seeds"]),
+    (["finetune", "--task", "sst2", "--model", "x", "--lrs", "1e-4,-1"], ["-1", "above 0"]),
+    (["translate", "--max-source-tokens", "-1"], ["--max-source-tokens"]),
+    (["translate", "--length-penalty", "-5"], ["--length-penalty"]),
+    (["translate", "--batch-size", "0"], ["--batch-size"]),
+    (["decay", "--base", "0"], ["--base", "above 1"]),
+    (["decay", "--dim", "63"], ["even"]),
+    (["experiment", "performer_lm", "--preset", "tiny"], ["--preset", "smoke"]),
+])
+def test_invalid_options_are_refused_at_parse_time(args, words):
+    assert_error(run(*args), *words)
+
+
+def test_output_locations(tmp_path):
+    existing = tmp_path / "a_file"
+    existing.write_text("keep me")
+    assert_error(run("decay", "--out", existing), "existing file")
+    assert_error(run("decay", "--out", existing / "below"), "is a file")
+    assert existing.read_text() == "keep me"
+    # a directory nobody may write to (root ignores permission bits, /proc refuses even root)
+    assert_error(run("decay", "--out", "/proc/roformer-test/out"), "/proc/roformer-test")
+
+
+def test_inputs_and_models(tmp_path, byte_model):
+    assert_error(run("translate", "--input", tmp_path), "directory")
+    assert_error(run("generate", "--model", byte_model, "--prompt", ""), "--prompt is empty")
+    decoder = tmp_path / "decoder"
+    DecoderLM(DecoderConfig(vocab_size=30, hidden_size=32, num_layers=1, num_heads=2)).save_pretrained(decoder)
+    assert_error(run("generate", "--model", decoder), "roformer-decoder", "DecoderLM")
+    assert_error(run("fill-mask", "a [MASK] b", "--model", decoder), "roformer-decoder")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((byte_model / "config.json").read_text())
+    weights = (byte_model / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert_error(run("generate", "--model", broken), "model.safetensors", "truncated")
+    (broken / "model.safetensors").write_bytes(b"")
+    assert_error(run("generate", "--model", broken), "model.safetensors")
+    (broken / "config.json").write_text('{"vocab_size": 256,')
+    assert_error(run("generate", "--model", broken), str(broken / "config.json"), "not valid JSON")
+    assert_error(run("generate", "--model", tmp_path / "nowhere"), "no config.json")
+
+
+def test_experiment_options_it_does_not_take():
+    assert_error(run("experiment", "performer_lm", "--models", "x"), "--models", "performer_lm")
+
+
+def test_absent_data_is_an_error():
+    assert_error(run("finetune", "--task", "mnli", "--model", "nowhere"), "mnli")
+    assert_error(run("finetune", "--task", "nosuch", "--model", "nowhere"), "unknown task nosuch")
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "generate", "--model", "nowhere")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    result = run("generate", "--model", "nowhere", env={"ROFORMER_DEBUG": "1"})
+    assert "Traceback" in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_run_and_ctrl_c_says_how_to_continue(tmp_path):
+    require_data("enwik8")
+    out = tmp_path / "run"
+    assert run("train", "--preset", "smoke", "--out", out, "--max-steps", "4").returncode == 0
+    assert_error(run("train", "--preset", "smoke", "--out", out, "--max-steps", "4"), "--resume", "another --out")
+    assert_error(run("train", "--preset", "smoke", "--out", out, "--resume", "--max-steps", "4", "--data",
+                     "tinyshakespeare"),
+                 "cannot resume", "data", "tinyshakespeare")
+    assert_error(run("train", "--preset", "smoke", "--out", out, "--resume", "--max-steps", "2"),
+                 "cannot resume", "max_steps")
+    assert_error(run("train", "--preset", "small", "--out", out, "--resume"), "cannot resume", "preset")
+    # a kill at any point leaves a temporary checkpoint directory: the next resume removes it
+    (out / "checkpoints" / ".tmp-step-00000009-1").mkdir()
+    assert run("train", "--preset", "smoke", "--out", out, "--resume", "--max-steps", "4").returncode == 0
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+    other = tmp_path / "interrupted"
+    process = subprocess.Popen([ROFORMER, "train", "--preset", "smoke", "--out", str(other), "--max-steps", "100000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (other / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err
+
+
+def test_files_follow_the_umask(tmp_path, byte_model):
+    code = ("import os, sys; os.umask(int(sys.argv[2], 8)); from roformer import RoFormerForCausalLM; "
+            "RoFormerForCausalLM.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[3])")
+    for umask, expected in (("022", 0o644), ("002", 0o664)):
+        out = tmp_path / umask
+        subprocess.run([sys.executable, "-c", code, str(byte_model), umask, str(out)], check=True)
+        for f in ("config.json", "model.safetensors"):
+            assert (out / f).stat().st_mode & 0o777 == expected, (umask, f)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_resume_never_unpickles_code(tmp_path):
+    """A trainer_state.pt whose pickle would run code is refused with a clear error; the code does not run."""
+    from roformer.train import TrainConfig, Trainer
+    from roformer.train.checkpoint import UnsafeCheckpoint
+
+    model, batch_fn, loss_fn = tiny_setup()
+    run_dir = tmp_path / "run"
+    Trainer(model, TrainConfig(max_steps=2, progress=False), run_dir, batch_fn, loss_fn).fit()
+    checkpoint = next((run_dir / "checkpoints").iterdir())
+    marker = tmp_path / "marker"
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    state["step"] = _RunsCode(marker)
+    with open(checkpoint / "trainer_state.pt", "wb") as f:
+        pickle.dump(state, f)
+    model, batch_fn, loss_fn = tiny_setup()
+    trainer = Trainer(model, TrainConfig(max_steps=2, progress=False), run_dir, batch_fn, loss_fn)
+    with pytest.raises(UnsafeCheckpoint, match="refused.*could run code"):
+        trainer.resume()
+    assert not marker.exists()
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    from roformer.train import TrainConfig, Trainer
+
+    model, batch_fn, loss_fn = tiny_setup()
+    run_dir = tmp_path / "run"
+    Trainer(model, TrainConfig(max_steps=4, save_every=2, keep_last=3, progress=False), run_dir, batch_fn,
+            loss_fn).fit()
+    newest = sorted((run_dir / "checkpoints").iterdir())[-1]
+    weights = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(weights[:100])
+    model, batch_fn, loss_fn = tiny_setup()
+    trainer = Trainer(model, TrainConfig(max_steps=4, save_every=2, keep_last=3, progress=False), run_dir,
+                      batch_fn, loss_fn)
+    assert trainer.resume() and trainer.step == 2
+    assert "using the previous checkpoint" in capsys.readouterr().out
+    json.loads((run_dir / "train_config.json").read_text())
