@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_rope_encoder.py
 	$(PY) benchmarks/bench_linear_attention.py
 

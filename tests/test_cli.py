@@ -63,3 +63,20 @@ def test_train_generate_report_on_enwik8(tmp_path, capsys):
     ids = torch.tensor([list(b"Anarchism is a political philosophy")])
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_streams_what_it_returns():
+    """The streamed pieces arrive one step at a time and join to the returned text (UTF-8 split across bytes
+    included: a byte model emits multi-byte characters byte by byte)."""
+    from roformer import RoFormerConfig, RoFormerForCausalLM
+    from roformer.experiments.char_lm import generate_text
+
+    torch.manual_seed(0)
+    model = RoFormerForCausalLM(RoFormerConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=64, pad_token_id=None,
+                                               type_vocab_size=1, is_decoder=True)).eval()
+    pieces = []
+    text = generate_text(model, "Zürich ", 60, temperature=1.0, top_k=None, seed=3, stream=pieces.append)
+    assert "".join(pieces) == text and text.startswith("Zürich ")
+    assert len(pieces) > 30
+    assert generate_text(model, "Zürich ", 60, temperature=1.0, top_k=None, seed=3) == text

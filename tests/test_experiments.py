@@ -31,7 +31,7 @@ def test_pe_compare_smoke(tmp_path):
     require_data("enwiki")
     assert main(["experiment", "pe_compare", "--preset", "smoke", "--out", str(tmp_path), "--seeds", "1"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["variant"] for r in results["rows"]] == ["learned", "t5", "rope", "sinusoidal", "alibi"]
+    assert [r["variant"] for r in results["rows"]] == ["learned", "t5", "rope", "sinusoidal", "alibi", "none"]
     assert all(len(v) == 1 and v[0] > 0 for v in results["validation_loss"].values())
     report = (tmp_path / "report.md").read_text()
     assert "RoPE (mean curve) reaches this mean loss at step" in report

@@ -117,7 +117,9 @@ def _generate(args: argparse.Namespace) -> None:
     model = RoFormerForCausalLM.from_pretrained(args.model).to(args.device).eval()
     if model.config.vocab_size != 256:
         raise ValueError(f"{args.model} is not a byte-level model (vocab size {model.config.vocab_size})")
-    print(generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+    generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed,
+                  stream=lambda text: print(text, end="", flush=True))
+    print()
 
 
 def _fill_mask(args: argparse.Namespace) -> None:

@@ -28,6 +28,23 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _save_plot(fig, ax, out_png: str | Path, title: str, ylabel: str) -> Path:
+    """Label the axes (training step against ``ylabel``), title, grid and legend; write the PNG."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
 def plot_curves(runs: dict[str, str | Path], out_png: str | Path, keys=("loss", "eval/loss"),
                 title: str = "Training curves", ylabel: str = "loss (nats / token)") -> Path:
     """One line per run and key (solid: training loss, dashed: evaluation), labelled axes, legend, title."""
@@ -47,17 +64,7 @@ def plot_curves(runs: dict[str, str | Path], out_png: str | Path, keys=("loss", 
                 marker = "o" if key.startswith("eval/") and len(steps) < 30 else None
                 ax.plot(steps, values, style, marker=marker, markersize=3, color=colors[i % len(colors)],
                         label=f"{label}: {'validation ' + key[5:] if key.startswith('eval/') else 'training ' + key}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _save_plot(fig, ax, out_png, title, ylabel)
 
 
 def _fmt(v) -> str:
@@ -173,14 +180,4 @@ def plot_seed_bands(runs: dict[str, list[str | Path]], out_png: str | Path, key:
         line, = ax.plot(steps, mean, label=f"{label} (mean of {len(curves)} seeds)")
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
                         alpha=0.2, linewidth=0)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.set_title("\n".join(textwrap.wrap(title + " (band: lowest to highest seed)", 72)), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _save_plot(fig, ax, out_png, title + " (band: lowest to highest seed)", ylabel)

@@ -7,8 +7,16 @@ download from the file's canonical location, checked against its SHA-256. Withou
 enough; a file that is in neither place and has no download location is reported with how to obtain it.
 
 The canonical locations are the source repositories at the pinned commits listed in ``shared/data/
-SOURCES.md``; a file that the mirror holds in a derived form (a prefix, a re-split, joined chapters) has no
-download location of its own and names its source instead.
+SOURCES.md``; a file that the mirror holds in a derived form is made from its download by a ``transform``
+("gunzip", or "zip:MEMBER:START:LENGTH", a byte range of one member of a zip archive: the enwik8 prefix), and
+is checked against the SHA-256 of exactly the bytes used; a derived form that no transform can make (a
+re-split, joined chapters) has no download location and names its source instead.
+
+Downloads go through ``pooch`` (temporary file, progress bar, cache): an archive is fetched once into the
+cache and the files cut from it are verified before they are moved into place, so a corrupt or interrupted
+download never leaves a file that is used. What pooch does not do here, and this module does: the lookup in
+a mirror first, a checksum of the *derived* bytes (pooch checks the downloaded file, whose hash a prefix of an
+archive does not determine), and the errors that name the data set.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ import gzip
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
-import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import umask_mode
 from .checksums import SHA256
 
 __all__ = ["DataFile", "Dataset", "DataUnavailable", "REGISTRY", "get", "data_dir", "resolve", "available"]
@@ -38,7 +48,7 @@ class DataUnavailable(FileNotFoundError):
 class DataFile:
     path: str  # relative to the mirror root, e.g. "tinyshakespeare/input.txt"
     url: str | None = None  # canonical download location of exactly this content (after ``transform``)
-    transform: str | None = None  # "gunzip": the download is gzip-compressed
+    transform: str | None = None  # "gunzip", or "zip:MEMBER:START:LENGTH" (a byte range of a zip member)
 
     @property
     def sha256(self) -> str | None:
@@ -64,6 +74,7 @@ def _files(folder: str, names, url=None, transform=None) -> tuple[DataFile, ...]
     return tuple(DataFile(f"{folder}/{n}", url(n) if url else None, transform) for n in names)
 
 
+_ENWIK8_ZIP = "http://mattmahoney.net/dc/enwik8.zip"  # the Hutter Prize file; the mirror holds its first 4,154,400 B
 _PT_EXAMPLES = ("pytorch/examples", "77f55b912142e11fcfdf5b530231fb9c52f181e8")
 _CUTOFF = "mieseung/Cutoff_with_Attribution"
 _FEWCLUE = ("CLUEbenchmark/FewCLUE", "62a02c6f31cf32814cfe522f78ef088228840f8d")
@@ -81,7 +92,8 @@ REGISTRY: dict[str, Dataset] = {
             "full file: http://mattmahoney.net/dc/enwik8.zip (10^8 bytes); prefix taken from "
             "Mentors4EDU/Break-CS@5aba2368 enwik8",
             "Wikipedia text, CC BY-SA / GFDL",
-            _files("enwik8_prefix", ["enwik8_prefix.part00", "enwik8_prefix.part01"]),
+            (DataFile("enwik8_prefix/enwik8_prefix.part00", _ENWIK8_ZIP, "zip:enwik8:0:2100000"),
+             DataFile("enwik8_prefix/enwik8_prefix.part01", _ENWIK8_ZIP, "zip:enwik8:2100000:2054400")),
             "the standard enwik8 split in proportion: first 90% of the bytes train, next 5% validation, "
             "last 5% test",
         ),
@@ -269,20 +281,59 @@ def _verify(dataset: Dataset, file: DataFile, path: Path) -> Path:
     return path
 
 
+def _cut(download: Path, transform: str | None, out) -> None:
+    """Write the bytes ``transform`` takes from the downloaded file into the open binary file ``out``."""
+    if transform is None:
+        with open(download, "rb") as f:
+            shutil.copyfileobj(f, out)
+    elif transform == "gunzip":
+        with gzip.open(download, "rb") as f:
+            shutil.copyfileobj(f, out)
+    elif transform.startswith("zip:"):
+        _, member, start, length = transform.split(":")
+        with zipfile.ZipFile(download) as archive, archive.open(member) as f:
+            remaining = int(start)
+            while remaining:  # zip members stream: skip to the start
+                remaining -= len(f.read(min(remaining, 1 << 20)))
+            out.write(f.read(int(length)))
+    else:
+        raise ValueError(f"unknown transform {transform!r}")
+
+
 def _download(dataset: Dataset, file: DataFile, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    os.close(fd)
+    """Fetch ``file.url`` into the cache with pooch (once per URL), cut ``file``'s bytes from it, check their
+    SHA-256 and size, and only then move them to ``target``."""
+    import pooch
+    import requests
+
+    downloads = _cache_dir() / "downloads"
+    name = hashlib.sha256(file.url.encode()).hexdigest()[:16] + "-" + file.url.rstrip("/").split("/")[-1]
     try:
-        with urllib.request.urlopen(file.url, timeout=60) as response, open(tmp, "wb") as out:
-            source = gzip.GzipFile(fileobj=response) if file.transform == "gunzip" else response
-            shutil.copyfileobj(source, out)
-        os.replace(tmp, target)
-    except OSError as e:
+        downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60) \
+            if file.url.startswith("http") else None
+        fetched = Path(pooch.retrieve(file.url, known_hash=None, fname=name, path=downloads, downloader=downloader))
+    except (OSError, requests.RequestException, ValueError) as e:
         raise DataUnavailable(
             f"data set {dataset.name!r}: could not download {file.url} ({e}); put {file.path} under a mirror "
             f"directory (--data-dir or ${ENV_DATA_DIR}) instead"
-        ) from e
+        ) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _cut(fetched, file.transform, out)
+        digest = _sha256(Path(tmp))
+        if file.sha256 and digest != file.sha256:
+            fetched.unlink()  # a corrupt or different download: fetch it anew next time
+            raise DataUnavailable(
+                f"data set {dataset.name!r}: the download from {file.url} does not give {file.path} (sha256 "
+                f"{digest[:16]}..., expected {file.sha256[:16]}...); it was deleted, try again or use a mirror")
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, target)
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        fetched.unlink(missing_ok=True)
+        raise DataUnavailable(f"data set {dataset.name!r}: the download from {file.url} is damaged ({e}); it was "
+                              "deleted, try again") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

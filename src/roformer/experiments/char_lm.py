@@ -8,6 +8,7 @@ The trained model is saved as a HuggingFace-compatible directory with its byte t
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import math
@@ -120,9 +121,17 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
 
 
 def generate_text(model, prompt: str, n_bytes: int, temperature: float = 0.8, top_k: int | None = 40,
-                  seed: int = 0) -> str:
-    """Continue ``prompt`` by ``n_bytes`` sampled bytes; undecodable bytes shown as U+FFFD."""
+                  seed: int = 0, stream=None) -> str:
+    """Continue ``prompt`` by ``n_bytes`` sampled bytes; undecodable bytes shown as U+FFFD. ``stream``, if
+    given, receives the prompt and then the text as it is generated (complete UTF-8 characters only)."""
     ids = torch.tensor([list(prompt.encode("utf-8"))], device=next(model.parameters()).device)
     g = torch.Generator(device=ids.device).manual_seed(seed)
-    out = model.generate(ids, n_bytes, temperature=temperature, top_k=top_k, generator=g)
+    on_token = None
+    if stream is not None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stream(prompt)
+        on_token = lambda next_id: stream(decoder.decode(bytes([int(next_id[0, 0])])))  # noqa: E731
+    out = model.generate(ids, n_bytes, temperature=temperature, top_k=top_k, generator=g, on_token=on_token)
+    if stream is not None:
+        stream(decoder.decode(b"", final=True))
     return bytes(out[0].tolist()).decode("utf-8", errors="replace")

@@ -137,7 +137,8 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
         torch.manual_seed(train_config.seed)
         model = (RoFormerForMaskedLM.from_pretrained(previous) if previous else RoFormerForMaskedLM(config))
         started = time.perf_counter()
-        final = Trainer(model, train_config, stage_dir, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+        final = Trainer(model, train_config, stage_dir, batch_fn, loss_fn, eval_fn,
+                        desc=f"{stage_dir.parent.name} stage {i} (length {max_len})").fit(resume=resume)
         if not is_main_process():
             continue
         model.save_pretrained(stage_dir / "model")
@@ -173,7 +174,7 @@ def _finetune(model_dir: Path, scm: dict[str, Triplets], max_len: int, p: dict, 
     def eval_fn(net) -> dict:
         return {"accuracy": matching_accuracy(net, scm["validation"], max_len)}
 
-    Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+    Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"matching {run_dir.name}").fit(resume=resume)
     model.eval()
     with torch.no_grad():
         out = {f"validation @{n}": matching_accuracy(model, scm["validation"], n) for n in eval_lengths}

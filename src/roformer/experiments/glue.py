@@ -142,7 +142,7 @@ def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, 
     config = TrainConfig(max_steps=total, lr=lr, schedule="linear", warmup_steps=max(1, total // 10), min_lr_ratio=0.0,
                          weight_decay=0.01, clip_grad_norm=1.0, eval_every=steps_per_epoch,
                          save_every=steps_per_epoch, keep_last=1, log_every=10, seed=seed, device=device,
-                         dtype=dtype or "float32", progress=False)
+                         dtype=dtype or "float32")
     torch.manual_seed(seed)  # the fresh classifier head
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
 
@@ -162,7 +162,8 @@ def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, 
             metrics |= {f"mismatched_{k}": v for k, v in scores.items()}
         return metrics
 
-    final = Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+    final = Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"{task} lr {lr:g} seed {seed}",
+                    identity={"model": str(model_dir), "task": task, "train_examples": len(train)}).fit(resume=resume)
     if is_main_process():
         model.save_pretrained(run_dir / "model")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: the result below replaces it

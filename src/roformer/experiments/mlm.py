@@ -82,7 +82,8 @@ def _pretrain_one(position: str, tok, functions, p: dict, train_config, run_dir:
     torch.manual_seed(train_config.seed)
     model = RoFormerForMaskedLM(config)
     started = time.perf_counter()
-    final = Trainer(model, train_config, run_dir, *functions).fit(resume=resume)
+    final = Trainer(model, train_config, run_dir, *functions, desc=f"MLM {position}",
+                    identity={"model": config.to_dict()}).fit(resume=resume)
     if not is_main_process():
         return {}
     model.save_pretrained(run_dir / "model")

@@ -1,6 +1,6 @@
 """§4.6-4.7: position encodings compared on a GPT-style language model (Table 6, Fig. 4).
 
-Learned absolute positions (GPT/BERT), T5's relative bias and RoPE, plus sinusoidal (Vaswani) and ALiBi as
+Learned absolute positions (GPT/BERT), T5's relative bias and RoPE, plus sinusoidal (Vaswani), ALiBi and NoPE as
 extra rows, in otherwise identical pre-LayerNorm decoders trained on the English Wikipedia sample with a
 byte-level BPE vocabulary learnt on its training split. Each seed sets initialisation and data order, the same
 for every variant. The report gives validation loss (mean ± std over seeds, and the paired per-seed difference
@@ -23,7 +23,7 @@ from ..train import is_main_process, preset_train_config
 from . import choose_preset
 from .lm_compare import eval_curve, steps_to_reach, train_variants
 
-VARIANTS = ("learned", "t5", "rope", "sinusoidal", "alibi")
+VARIANTS = ("learned", "t5", "rope", "sinusoidal", "alibi", "none")  # the paper's three, then extra rows
 
 PRESETS = {
     "smoke": dict(model=dict(hidden_size=32, num_layers=1, num_heads=2), vocab=300, articles=200, seq_len=32,

@@ -14,6 +14,7 @@ but trains on the registry's parallel data, which does not include the WMT14 tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -156,7 +157,8 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "reports/transla
         torch.manual_seed(train_config.seed)
         model = Seq2SeqTransformer(config)
         started = time.perf_counter()
-        final = Trainer(model, train_config, run_dir, batch_fn, loss_fn, eval_fn).fit(resume=resume)
+        final = Trainer(model, train_config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"translation {position}",
+                        identity={"model": dataclasses.asdict(config)}).fit(resume=resume)
         if not is_main_process():
             continue
         minutes = (time.perf_counter() - started) / 60

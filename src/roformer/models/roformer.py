@@ -104,7 +104,8 @@ class RoFormerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoFormerConfig:
-        if d.get("model_type", "roformer") != "roformer":
+        found = d.get("model_type", "roformer")
+        if found != "roformer" and not (found.startswith("roformer-") and found.endswith("-positions")):
             raise ValueError(f"not a RoFormer config: model_type is {d['model_type']!r}")
         if d.get("add_cross_attention"):
             raise ValueError("RoFormer with cross-attention (add_cross_attention=True) is not supported here")
@@ -341,11 +342,13 @@ class RoFormerForCausalLM(_WithEncoder):
         return ModelOutput(logits=logits, loss=loss, last_hidden_state=h, kv_cache=kv_cache)
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``)."""
+                 generator: torch.Generator | None = None, on_token=None) -> Tensor:
+        """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``);
+        ``on_token(next_ids)`` is called at each step (streaming)."""
         from .generation import sample
 
-        return sample(self, input_ids, max_new_tokens, self.config.num_hidden_layers, temperature, top_k, generator)
+        return sample(self, input_ids, max_new_tokens, self.config.num_hidden_layers, temperature, top_k, generator,
+                      on_token=on_token)
 
 
 class ClassificationHead(nn.Module):
