@@ -53,6 +53,10 @@ class PositionEncoding(nn.Module):
     def has_score_bias(self) -> bool:
         return False
 
+    @property
+    def allows_kv_cache(self) -> bool:
+        return True
+
 
 class LearnedAbsolute(PositionEncoding):
     """p_i trainable, added to the token embedding of position i (BERT, GPT). Limited to ``max_positions``."""
@@ -98,12 +102,24 @@ class Rotary(PositionEncoding):
 
     name = "rope"
 
-    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True):
+    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True, scaling: dict | None = None):
         super().__init__()
-        self.rotary = RotaryEmbedding(dim, base, interleaved)
+        self.rotary = RotaryEmbedding(dim, base, interleaved, scaling)
+
+    @property
+    def allows_kv_cache(self) -> bool:
+        """False for a length-dependent scaling (dynamic NTK, LongRoPE): the angles of *every* position change as
+        the sequence grows, so keys cached at a shorter length, and in deeper layers everything computed from
+        them, would be stale (the trap of caching under dynamic scaling); such a model decodes without a cache."""
+        return not self.rotary.length_dependent
 
     def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
-        return PositionalAttention(offset=offset, rope=self.rotary.cos_sin(q_len, offset, device))
+        if self.rotary.length_dependent and offset:
+            raise ValueError(f"rope_type {self.rotary.scaling['rope_type']!r} changes every position's angles with "
+                             "the sequence length, so it takes no KV cache: run the whole sequence")
+        if self.rotary.length_dependent and offset is not None and not isinstance(offset, int):
+            raise ValueError(f"rope_type {self.rotary.scaling['rope_type']!r} takes contiguous positions only")
+        return PositionalAttention(offset=offset, rope=self.rotary.cos_sin(q_len, offset, device, total_len=k_len))
 
 
 def _relative(q_len: int, k_len: int, device) -> Tensor:
@@ -204,9 +220,21 @@ class ALiBi(PositionEncoding):
         return True
 
 
+def _with_length(rope_parameters: dict | None, max_positions: int) -> dict | None:
+    """A model's rope_parameters with its configured length, from which yarn / longrope derive an absent factor
+    and dynamic an absent original length; the parameters' own rope_theta is dropped (the config's wins)."""
+    if not rope_parameters:
+        return None
+    p = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    p.setdefault("max_position_embeddings", max_positions)
+    return p
+
+
 def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int, causal: bool,
                    max_positions: int = 1024, rope_theta: float = 10000.0, rotary_dim: int | None = None,
-                   shaw_max_distance: int = 16) -> PositionEncoding:
+                   shaw_max_distance: int = 16, rope_parameters: dict | None = None) -> PositionEncoding:
+    if rope_parameters and name != "rope":
+        raise ValueError(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {name!r}")
     if name == "none":
         return PositionEncoding()
     if name == "learned":
@@ -214,7 +242,7 @@ def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int
     if name == "sinusoidal":
         return SinusoidalAbsolute(hidden_size)
     if name == "rope":
-        return Rotary(rotary_dim or head_dim, rope_theta)
+        return Rotary(rotary_dim or head_dim, rope_theta, scaling=_with_length(rope_parameters, max_positions))
     if name == "shaw":
         return ShawRelative(head_dim, shaw_max_distance)
     if name == "t5":

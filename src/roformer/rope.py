@@ -20,13 +20,21 @@ Two feature pairings exist in the wild:
 ``permute_rotary_layout`` converts a q/k projection from one pairing to the other without changing any
 attention score.
 
-The long-term decay of §3.4.3 (Fig. 2) is :func:`relative_upper_bound`.
+The long-term decay of §3.4.3 (Fig. 2) is :func:`relative_upper_bound`. Beyond the training length, the
+frequency scalings (position interpolation, NTK, YaRN, Llama-3, LongRoPE) are in :mod:`roformer.rope_scaling`.
+
+Precision: angles are formed in float64 (float32 on MPS) and the cos/sin tables are kept in that dtype; a
+float64 input is rotated with float64 cos/sin (exact to ~1e-16), float32 and half-precision inputs with
+float32 cos/sin (half precision is rotated in float32 and rounded once).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from .rope_scaling import check_rope_parameters, is_length_dependent, scaled_frequencies
+from .rope_scaling import rotary_frequencies as _frequencies
 
 __all__ = [
     "RotaryEmbedding",
@@ -48,18 +56,23 @@ def rotary_frequencies(dim: int, base: float = 10000.0, device=None, dtype=torch
     """theta_i = base^(-2(i-1)/d) for i = 1 .. d/2 (Eq. 15). Returns a tensor of shape (d/2,)."""
     if dim <= 0 or dim % 2:
         raise ValueError(f"rotary dim must be a positive even number, got {dim}")
-    exponent = torch.arange(0, dim, 2, device=device, dtype=dtype) / dim
-    return base ** (-exponent)
+    return _frequencies(dim, base, device, dtype)
 
 
-def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """cos(m theta_i) and sin(m theta_i) for every position m in ``positions``: shape ``(*positions.shape,
-    dim/2)``, float32. Angles are formed in float64 (float32 on MPS) with autocast off."""
+def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0, theta: Tensor | None = None,
+                   attention_factor: float = 1.0) -> tuple[Tensor, Tensor]:
+    """cos(m theta_i) and sin(m theta_i) (times ``attention_factor``) for every position m in ``positions``:
+    shape ``(*positions.shape, dim/2)``, in float64 (float32 on MPS), formed with autocast off. ``theta``: the
+    frequencies (default: Eq. 15 with ``base``)."""
     dtype = _angle_dtype(positions.device)
     with torch.autocast(positions.device.type, enabled=False):
-        theta = rotary_frequencies(dim, base, device=positions.device, dtype=dtype)
-        angles = positions.to(dtype)[..., None] * theta
-        return angles.cos().float(), angles.sin().float()
+        if theta is None:
+            theta = rotary_frequencies(dim, base, device=positions.device, dtype=dtype)
+        angles = positions.to(dtype)[..., None] * theta.to(device=positions.device, dtype=dtype)
+        cos, sin = angles.cos(), angles.sin()
+        if attention_factor != 1.0:
+            cos, sin = cos * attention_factor, sin * attention_factor
+        return cos, sin
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -144,31 +157,50 @@ Positions = int | Tensor | None
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE for queries and keys shaped ``(batch, heads, seq, head_dim)``.
+    """RoPE for queries and keys shaped ``(batch, heads, seq, head_dim)`` (``seq_dim=-2``, the default) or
+    ``(batch, seq, heads, head_dim)`` (``seq_dim=-3``, the layout of flash-attention and most HF code).
 
     >>> rope = RotaryEmbedding(64)
     >>> q, k = rope(q, k)                          # positions 0 .. seq-1
     >>> q, k = rope(q, k, positions=past_len)      # decoding with a KV cache: positions past_len ..
     >>> q, k = rope(q, k, positions=offsets)       # (batch,) LongTensor: one start per sequence
     >>> q, k = rope(q, k, positions=pos)           # (batch, seq) or (seq,) LongTensor: packed sequences
+    >>> RotaryEmbedding(64, scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048})
 
     ``dim`` is the number of rotated features; when it is smaller than the head dim the remaining features
-    pass through (partial rotary). There is no maximum length: the cos/sin table for contiguous positions
-    grows on demand (its length is a plain Python int, so no ``.item()`` and no graph break under
-    ``torch.compile``); explicit position tensors are turned into angles directly.
+    pass through (partial rotary). ``scaling``: HuggingFace's ``rope_parameters`` (see
+    :mod:`roformer.rope_scaling`; its ``rope_theta``, if given, is the base). There is no maximum length: the
+    cos/sin table for contiguous positions grows on demand (its length is a plain Python int, so no ``.item()``
+    and no graph break under ``torch.compile``); explicit position tensors are turned into angles directly.
     """
 
-    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True):
+    def __init__(self, dim: int, base: float | None = None, interleaved: bool = True, scaling: dict | None = None,
+                 seq_dim: int = -2):
         super().__init__()
         if dim <= 0 or dim % 2:
             raise ValueError(f"rotary dim must be a positive even number, got {dim}")
-        self.dim, self.base, self.interleaved = dim, float(base), interleaved
+        if seq_dim not in (-2, -3):
+            raise ValueError(f"seq_dim must be -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), "
+                             f"got {seq_dim}")
+        self.scaling = check_rope_parameters(scaling, dim)
+        theta = self.scaling.get("rope_theta")
+        if base is not None and theta is not None and float(base) != float(theta):
+            raise ValueError(f"base {base} and rope_parameters' rope_theta {theta} disagree; give one")
+        self.dim, self.interleaved, self.seq_dim = dim, interleaved, seq_dim
+        self.base = float(base if base is not None else theta if theta is not None else 10000.0)
+        self.length_dependent = is_length_dependent(self.scaling)
         # The table is deliberately not a buffer: .to(bfloat16) on the model must not round the angles.
         self._cos = self._sin = torch.empty(0, dim // 2)
         self._cached_len = 0
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, base={self.base:g}, interleaved={self.interleaved}"
+        scaling = "" if self.scaling["rope_type"] == "default" else f", rope_type={self.scaling['rope_type']}"
+        return f"dim={self.dim}, base={self.base:g}, interleaved={self.interleaved}{scaling}"
+
+    def frequencies(self, seq_len: int | None = None, device=None) -> tuple[Tensor, float]:
+        """(theta_i, attention factor) for a sequence of total length ``seq_len`` (float64 where available)."""
+        device = torch.device(device or "cpu")
+        return scaled_frequencies(self.dim, self.base, self.scaling, seq_len, device, _angle_dtype(device))
 
     def _table(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         if length > self._cached_len or self._cos.device != device:
@@ -176,14 +208,26 @@ class RotaryEmbedding(nn.Module):
             # built as ordinary tensors even under inference_mode, so a later training step can use them
             with torch.inference_mode(False):
                 positions = torch.arange(new_len, device=device)
-                self._cos, self._sin = rotary_cos_sin(positions, self.dim, self.base)
+                theta, factor = self.frequencies(None, device)
+                self._cos, self._sin = rotary_cos_sin(positions, self.dim, theta=theta, attention_factor=factor)
             self._cached_len = new_len
         return self._cos, self._sin
 
-    def cos_sin(self, seq_len: int, positions: Positions = None, device=None) -> tuple[Tensor, Tensor]:
+    def cos_sin(self, seq_len: int, positions: Positions = None, device=None, total_len: int | None = None
+                ) -> tuple[Tensor, Tensor]:
         """cos and sin of the rotation angles for a block of ``seq_len`` tokens, shaped to broadcast against
-        ``(batch, heads, seq, dim/2)``: ``(seq, dim/2)`` for shared positions, ``(batch, 1, seq, dim/2)`` for
-        per-sequence ones. Compute them once per forward pass and hand them to every layer."""
+        the rotated features: ``(seq, dim/2)`` for shared positions, ``(batch, 1, seq, dim/2)`` for
+        per-sequence ones (``(seq, 1, dim/2)`` and ``(batch, seq, 1, dim/2)`` with ``seq_dim=-3``). Compute them
+        once per forward pass and hand them to every layer. ``total_len``: the length of the whole sequence
+        these tokens belong to (default: the last position + 1), which length-dependent scalings use."""
+        cos, sin = self._cos_sin(seq_len, positions, device, total_len)
+        if self.seq_dim == -3:
+            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+            if cos.ndim == 5:  # (batch, 1, seq, 1, dim/2) -> (batch, seq, 1, dim/2)
+                cos, sin = cos[:, 0], sin[:, 0]
+        return cos, sin
+
+    def _cos_sin(self, seq_len: int, positions: Positions, device, total_len: int | None) -> tuple[Tensor, Tensor]:
         if device is None:
             device = positions.device if isinstance(positions, Tensor) else self._cos.device
         device = torch.device(device)
@@ -191,6 +235,10 @@ class RotaryEmbedding(nn.Module):
             start = positions or 0
             if start < 0:
                 raise ValueError(f"position offset must be >= 0, got {start}")
+            if self.length_dependent:
+                theta, factor = self.frequencies(total_len or start + seq_len, device)
+                return rotary_cos_sin(torch.arange(start, start + seq_len, device=device), self.dim, theta=theta,
+                                      attention_factor=factor)
             cos, sin = self._table(start + seq_len, device)
             return cos[start : start + seq_len], sin[start : start + seq_len]
         if not isinstance(positions, Tensor):
@@ -205,31 +253,36 @@ class RotaryEmbedding(nn.Module):
                 f"positions of shape {tuple(positions.shape)} do not fit a sequence of length {seq_len}: "
                 "give (seq,), (batch, seq) or (batch,) offsets"
             )
-        cos, sin = rotary_cos_sin(positions, self.dim, self.base)
+        if self.length_dependent and total_len is None:
+            raise ValueError(f"rope_type {self.scaling['rope_type']!r} depends on the sequence length: give "
+                             "total_len with explicit positions")
+        theta, factor = self.frequencies(total_len, device)
+        cos, sin = rotary_cos_sin(positions, self.dim, theta=theta, attention_factor=factor)
         if positions.ndim == 2:
             cos, sin = cos[:, None], sin[:, None]  # (batch, 1, seq, dim/2): broadcast over heads
         return cos, sin
 
     def rotate(self, x: Tensor, positions: Positions = None) -> Tensor:
-        """R_m x for one tensor ``(batch, heads, seq, head_dim)`` (used for values with ``rotary_value``)."""
+        """R_m x for one tensor (used for values with ``rotary_value``, or q and k of different lengths)."""
         self._check(x, "x")
-        cos, sin = self.cos_sin(x.shape[-2], positions, x.device)
+        cos, sin = self.cos_sin(x.shape[self.seq_dim], positions, x.device)
         return apply_rotary(x, cos, sin, self.interleaved)
 
     def forward(self, q: Tensor, k: Tensor, positions: Positions = None) -> tuple[Tensor, Tensor]:
         self._check(q, "q")
         self._check(k, "k")
-        if q.shape[-2] != k.shape[-2] or q.shape[-1] != k.shape[-1]:
+        if q.shape[self.seq_dim] != k.shape[self.seq_dim] or q.shape[-1] != k.shape[-1]:
             raise ValueError(
                 f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in sequence length or head dim; "
                 "rotate them one at a time with rope.rotate(x, positions)"
             )
-        cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
+        cos, sin = self.cos_sin(q.shape[self.seq_dim], positions, q.device)
         return apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)
 
     def _check(self, x: Tensor, name: str) -> None:
-        if x.ndim < 2:
-            raise ValueError(f"{name} must be shaped (batch, heads, seq, head_dim), got {tuple(x.shape)}")
+        layout = "(batch, heads, seq, head_dim)" if self.seq_dim == -2 else "(batch, seq, heads, head_dim)"
+        if x.ndim < -self.seq_dim:
+            raise ValueError(f"{name} must be shaped {layout}, got {tuple(x.shape)}")
         if x.shape[-1] < self.dim:
             raise ValueError(
                 f"rotary dim {self.dim} is larger than the head dim {x.shape[-1]} of {name} {tuple(x.shape)}"

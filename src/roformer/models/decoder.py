@@ -18,6 +18,7 @@ from ..attention import KVCache, attention_bias
 from ..layers import TransformerBlock
 from ..linear_attention import LinearAttention
 from ..position import POSITIONS, build_position
+from ..rope_scaling import NO_CACHE, check_scaling
 from ..train.losses import token_cross_entropy
 from .roformer import ModelOutput
 from .saving import load_model_dir, save_model_dir
@@ -38,6 +39,7 @@ class DecoderConfig:
     position: str = "rope"
     max_positions: int = 1024  # only the learned absolute table has a maximum
     rope_theta: float = 10000.0
+    rope_parameters: dict | None = None  # RoPE scaling in HuggingFace's form (roformer.rope_scaling)
     attention: str = "softmax"
     feature_map: str = "favor"  # linear attention: favor (Performer) or elu
     num_features: int | None = None  # random features per head (favor); None: head_dim
@@ -56,6 +58,10 @@ class DecoderConfig:
             raise ValueError(f"{self.position!r} adds to a score matrix that linear attention never forms")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.rope_parameters:
+            if self.attention == "linear":
+                raise ValueError("rope_parameters (RoPE scaling) are not supported with linear attention")
+            check_scaling(self.rope_parameters, self.position, self.hidden_size // self.num_heads, self.max_positions)
 
 
 class DecoderLM(nn.Module):
@@ -66,7 +72,7 @@ class DecoderLM(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.hidden_size)
         self.position = build_position(c.position, hidden_size=c.hidden_size, num_heads=c.num_heads,
                                        head_dim=head_dim, causal=True, max_positions=c.max_positions,
-                                       rope_theta=c.rope_theta)
+                                       rope_theta=c.rope_theta, rope_parameters=c.rope_parameters)
         self.dropout = nn.Dropout(c.dropout)
 
         def attention():
@@ -101,6 +107,8 @@ class DecoderLM(nn.Module):
             raise ValueError(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)}")
         if kv_cache is not None and self.config.attention != "softmax":
             raise ValueError("linear attention keeps no KV cache; call without kv_cache")
+        if kv_cache is not None and not self.position.allows_kv_cache:
+            raise ValueError(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         seq = input_ids.shape[1]
         offset = kv_cache.seq_len if kv_cache is not None else 0
         x = self.dropout(self.position.embed(self.embed(input_ids), offset))
@@ -119,7 +127,7 @@ class DecoderLM(nn.Module):
         from .generation import sample
 
         return sample(self, input_ids, max_new_tokens, self.config.num_layers, temperature, top_k, generator,
-                      use_cache=self.config.attention == "softmax")
+                      use_cache=self.config.attention == "softmax" and self.position.allows_kv_cache)
 
     def save_pretrained(self, directory: str | Path) -> None:
         save_model_dir(self, directory, "roformer-decoder")

@@ -23,6 +23,7 @@ from ..attention import KVCache, attention_bias
 from ..io import read_json
 from ..layers import TransformerBlock, activation
 from ..position import POSITIONS, build_position
+from ..rope_scaling import NO_CACHE, check_scaling
 
 __all__ = [
     "RoFormerConfig",
@@ -62,12 +63,16 @@ class RoFormerConfig:
     num_labels: int = 2
     problem_type: str | None = None  # regression | single_label_classification | multi_label_classification
     rope_theta: float = 10000.0  # not in HuggingFace's config, which always uses 10000
+    rope_parameters: dict | None = None  # RoPE scaling, HuggingFace's field: {"rope_type": "yarn", "factor": ...}
     position: str = "rope"  # or a baseline: none, learned (BERT), sinusoidal, shaw, t5, alibi (not HF-loadable)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other config.json keys, kept as read
 
     def __post_init__(self):
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
+        if self.rope_parameters:
+            check_scaling(self.rope_parameters, self.position, self.hidden_size // self.num_attention_heads,
+                          self.max_position_embeddings)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -209,6 +214,7 @@ class RoFormerModel(RoFormerPreTrainedModel):
         self.position = build_position(
             c.position, hidden_size=c.embedding_size, num_heads=c.num_attention_heads, head_dim=c.head_dim,
             causal=c.is_decoder, max_positions=c.max_position_embeddings, rope_theta=c.rope_theta,
+            rope_parameters=c.rope_parameters,
         )
         self.layers = nn.ModuleList(
             TransformerBlock(
@@ -252,6 +258,8 @@ class RoFormerModel(RoFormerPreTrainedModel):
             x = inputs_embeds + self.token_type_embeddings.weight[0]
         else:
             x = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        if kv_cache is not None and not self.position.allows_kv_cache:
+            raise ValueError(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         offset = kv_cache.seq_len if kv_cache is not None else 0
         if positions is not None and not isinstance(positions, int) and self.config.position != "rope":
             raise ValueError(f"position tensors need position='rope'; {self.config.position!r} takes an int offset")
@@ -348,7 +356,7 @@ class RoFormerForCausalLM(_WithEncoder):
         from .generation import sample
 
         return sample(self, input_ids, max_new_tokens, self.config.num_hidden_layers, temperature, top_k, generator,
-                      on_token=on_token)
+                      use_cache=self.roformer.position.allows_kv_cache, on_token=on_token)
 
 
 class ClassificationHead(nn.Module):

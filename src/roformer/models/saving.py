@@ -8,10 +8,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from safetensors.torch import save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
 from torch import nn
 
-from ..io import atomic_write, atomic_write_text, read_json, read_safetensors
+from ..io import atomic_write, atomic_write_text, read_json
 
 __all__ = ["save_model_dir", "load_model_dir"]
 
@@ -34,9 +35,12 @@ def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
     if found != model_type:
         raise ValueError(f"{directory} holds a {found!r} model, not a {cls.__name__} ({model_type!r})")
     model = cls(config_cls(**config))
-    weights = read_safetensors(directory / "model.safetensors")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{directory / 'model.safetensors'} does not fit its config.json: missing {missing}, "
-                         f"unexpected {unexpected}")
+    path = directory / "model.safetensors"
+    try:  # safetensors' loader, which knows the tied weights save_model left out
+        load_model(model, str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated: save it "
+                         "again") from None
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit its config.json ({e})") from None
     return model

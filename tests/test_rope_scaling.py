@@ -1,0 +1,230 @@
+"""RoPE scaling (roformer.rope_scaling) against HuggingFace transformers' own functions (a test-only dependency),
+exact float64 rotation against the dense R of Eq. 15, the (batch, seq, heads, dim) layout, cached decoding
+under every rope type, and config round trips."""
+
+import math
+
+import pytest
+import torch
+
+from roformer import RotaryEmbedding
+from roformer.models import RoFormerConfig, RoFormerForCausalLM
+from roformer.models.decoder import DecoderConfig, DecoderLM
+from roformer.models.generation import sample
+
+transformers = pytest.importorskip("transformers")
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
+
+DIM, HEADS, BASE = 32, 2, 10000.0
+LONGROPE = {"short_factor": [1.0 + 0.05 * i for i in range(DIM // 2)],
+            "long_factor": [1.0 + 0.5 * i for i in range(DIM // 2)]}
+# (our parameters, the model's configured length); HF's dynamic NTK reads the training length from
+# max_position_embeddings, ours from original_max_position_embeddings
+CASES = {
+    "default": ({"rope_type": "default"}, 64),
+    "linear": ({"rope_type": "linear", "factor": 4.0}, 64),
+    "dynamic": ({"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 64}, 64),
+    "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}, 64),
+    "yarn-mscale": ({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32, "mscale": 0.707,
+                     "mscale_all_dim": 1.0, "beta_fast": 16, "beta_slow": 2, "truncate": False}, 256),
+    "yarn-attention-factor": ({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32,
+                               "attention_factor": 1.3}, 64),
+    "llama3": ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64}, 512),
+    "longrope": ({"rope_type": "longrope", **LONGROPE, "original_max_position_embeddings": 32}, 128),
+}
+
+
+def hf_config(parameters, max_positions):
+    hf_parameters = {k: v for k, v in parameters.items() if not (parameters["rope_type"] == "dynamic"
+                                                                  and k == "original_max_position_embeddings")}
+    return transformers.LlamaConfig(hidden_size=DIM * HEADS, num_attention_heads=HEADS,
+                                    max_position_embeddings=max_positions,
+                                    rope_parameters={**hf_parameters, "rope_theta": BASE})
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("seq_len", [None, 40, 1000])
+def test_frequencies_and_attention_factor_equal_transformers(name, seq_len):
+    """transformers computes the frequencies in float32: they agree with ours (float64) to float32 precision;
+    the attention factor (a Python float in both) exactly."""
+    parameters, max_positions = CASES[name]
+    config = hf_config(parameters, max_positions)
+    rope_type = parameters["rope_type"]
+    if rope_type == "default":
+        theirs = (1.0 / BASE ** (torch.arange(0, DIM, 2, dtype=torch.float32) / DIM), 1.0)
+    else:
+        theirs = ROPE_INIT_FUNCTIONS[rope_type](config, None, seq_len=seq_len)
+    rope = RotaryEmbedding(DIM, BASE, scaling={**parameters, "max_position_embeddings": max_positions})
+    theta, factor = rope.frequencies(seq_len)
+    assert theta.dtype == torch.float64
+    torch.testing.assert_close(theta, theirs[0].double(), rtol=2e-7, atol=0)
+    assert factor == pytest.approx(theirs[1], rel=1e-15)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cos_sin_equal_transformers_rotary_embedding_up_to_32k(name):
+    """cos and sin (attention factor included) equal the first dim/2 columns of transformers' half-layout table,
+    within its float32 angles' error (about position x 1e-7)."""
+    parameters, max_positions = CASES[name]
+    hf = LlamaRotaryEmbedding(hf_config(parameters, max_positions))
+    rope = RotaryEmbedding(DIM, BASE, scaling={**parameters, "max_position_embeddings": max_positions})
+    for length in (48, 4096, 32768):
+        positions = torch.arange(length)
+        hf_cos, hf_sin = hf(torch.zeros(1, length, DIM), positions[None])
+        cos, sin = rope.cos_sin(length)
+        tolerance = (positions[:, None].double() * 2e-7 + 1e-6)
+        assert ((cos - hf_cos[0, :, : DIM // 2].double()).abs() <= tolerance).all(), (name, length)
+        assert ((sin - hf_sin[0, :, : DIM // 2].double()).abs() <= tolerance).all(), (name, length)
+
+
+def test_rope_theta_in_the_parameters_is_the_base():
+    assert RotaryEmbedding(8, scaling={"rope_type": "default", "rope_theta": 500.0}).base == 500.0
+    with pytest.raises(ValueError, match="disagree"):
+        RotaryEmbedding(8, 1000.0, scaling={"rope_theta": 500.0})
+
+
+@pytest.mark.parametrize("parameters,message", [
+    ({"rope_type": "ntk-by-parts"}, "unknown rope_type 'ntk-by-parts'"),
+    ({"rope_type": "linear"}, "'linear' needs 'factor'"),
+    ({"rope_type": "linear", "factor": 0.0}, "factor must be a number > 0"),
+    ({"rope_type": "linear", "factor": -2}, "factor must be a number > 0"),
+    ({"rope_type": "yarn", "factor": 2.0}, "'yarn' needs 'original_max_position_embeddings'"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1, "original_max_position_embeddings": 8},
+     "'llama3' needs 'high_freq_factor'"),
+    ({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0], "original_max_position_embeddings": 8,
+      "factor": 2.0},
+     "short_factor must hold 4"),
+    ({"rope_type": "linear", "factor": 2.0, "beta_fast": 3}, "takes no beta_fast"),
+    ({"rope_type": "dynamic", "factor": 2.0}, "'dynamic' needs 'original_max_position_embeddings'"),
+])
+def test_bad_parameters_name_the_type_and_key(parameters, message):
+    with pytest.raises(ValueError, match=message):
+        RotaryEmbedding(8, scaling=parameters)
+
+
+def test_scaling_with_another_position_encoding_is_an_error():
+    with pytest.raises(ValueError, match="position='rope' only"):
+        DecoderConfig(vocab_size=10, position="alibi", rope_parameters={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="position='rope' only"):
+        RoFormerConfig(vocab_size=10, position="learned", rope_parameters={"rope_type": "linear", "factor": 2.0})
+
+
+def dense_rotation(x, positions, theta):
+    """R_m of Eq. 15 as a dense block-diagonal d x d matrix per position, applied by matrix product."""
+    out = torch.empty_like(x)
+    for m in range(x.shape[-2]):
+        R = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float64)
+        for i, t in enumerate(theta.tolist()):
+            a = int(positions[m]) * t
+            R[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = torch.tensor([[math.cos(a), -math.sin(a)],
+                                                                  [math.sin(a), math.cos(a)]],
+                                                                 dtype=torch.float64)
+        out[..., m, :] = x[..., m, :] @ R.T
+    return out
+
+
+@pytest.mark.parametrize("name", ["default", "linear", "yarn", "llama3"])
+def test_float64_is_rotated_exactly(name):
+    """float64 inputs are rotated with float64 cos/sin: equal to the dense R to 1e-12 at positions to 5000."""
+    parameters, max_positions = CASES[name]
+    rope = RotaryEmbedding(DIM, BASE, scaling={**parameters, "max_position_embeddings": max_positions})
+    theta, factor = rope.frequencies()
+    x = torch.randn(2, 3, 6, DIM, dtype=torch.float64)
+    positions = torch.tensor([0, 1, 17, 999, 4000, 4999])
+    got = rope.rotate(x, positions=positions)
+    torch.testing.assert_close(got, factor * dense_rotation(x, positions, theta), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_batch_seq_heads_layout(interleaved):
+    """seq_dim=-3 rotates (batch, seq, heads, dim) along seq: equal to the default layout transposed."""
+    q, k = torch.randn(2, 5, 7, 3, 16, dtype=torch.float64).unbind(0)  # (batch, seq, heads, dim)
+    bshd = RotaryEmbedding(16, interleaved=interleaved, seq_dim=-3)
+    bhsd = RotaryEmbedding(16, interleaved=interleaved)
+    for positions in (None, 11, torch.tensor([3, 9, 0, 1, 2]), torch.arange(7)[None].repeat(5, 1) + 4):
+        ours = bshd(q, k, positions)
+        reference = bhsd(q.transpose(1, 2), k.transpose(1, 2), positions)
+        for a, b in zip(ours, reference, strict=True):
+            torch.testing.assert_close(a, b.transpose(1, 2), rtol=0, atol=0)
+    # the default layout on a (batch, seq, heads, dim) tensor rotates along the heads: not the same
+    assert not torch.allclose(bhsd(q, k)[0], bshd(q, k)[0])
+    with pytest.raises(ValueError, match="seq_dim"):
+        RotaryEmbedding(16, seq_dim=1)
+
+
+CACHE_CASES = {name: p for name, (p, _) in CASES.items()
+               if name in ("default", "linear", "dynamic", "yarn", "llama3", "longrope")}
+
+
+def _small(parameters, original=8):
+    """The case's parameters for a model trained at length ``original``."""
+    p = dict(parameters)
+    if "original_max_position_embeddings" in p:
+        p["original_max_position_embeddings"] = original
+    if p["rope_type"] == "longrope":
+        p.update(short_factor=[1.0 + 0.1 * i for i in range(4)], long_factor=[1.0 + 0.7 * i for i in range(4)])
+    return p
+
+
+def _model(family, parameters, vocab=40, length=8):
+    if family == "decoder":
+        return DecoderLM(DecoderConfig(vocab_size=vocab, hidden_size=16, num_layers=2, num_heads=2, dropout=0.0,
+                                       max_positions=length, rope_parameters=parameters))
+    return RoFormerForCausalLM(RoFormerConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=32, is_decoder=True,
+                                              pad_token_id=None, max_position_embeddings=length,
+                                              rope_parameters=parameters))
+
+
+@pytest.mark.parametrize("name", list(CACHE_CASES))
+@pytest.mark.parametrize("family", ["decoder", "roformer"])
+def test_cached_decoding_equals_a_full_forward_pass(name, family):
+    """Past the training length (8 here), under every rope type, each decoding step's logits equal those of a full
+    forward pass over the same prefix. Dynamic NTK and LongRoPE change every position's angles as the sequence
+    grows: their models refuse a KV cache, and generate() recomputes the prefix, so that equality holds for them
+    too (a cache would not give it: measured 1e-6 apart in float64 with un-rotated keys re-rotated each step)."""
+    from roformer.attention import KVCache
+
+    torch.manual_seed(0)
+    parameters = _small(CACHE_CASES[name])
+    model = _model(family, parameters).double().eval()
+    prompt = torch.randint(0, 40, (2, 3))
+    with torch.no_grad():
+        generated = model.generate(prompt, 20, temperature=0)
+        assert torch.equal(generated, sample(model, prompt, 20, 2, temperature=0, use_cache=False))
+        if name in ("dynamic", "longrope"):
+            with pytest.raises(ValueError, match="KV cache would hold stale keys"):
+                model(prompt, kv_cache=KVCache(2))
+            return
+        cache = KVCache(2)
+        steps = [model(generated[:, :3], kv_cache=cache).logits[:, -1]]
+        steps += [model(generated[:, t : t + 1], kv_cache=cache).logits[:, -1] for t in range(3, generated.shape[1])]
+        for t, logits in enumerate(steps):
+            reference = model(generated[:, : t + 3]).logits[:, -1]
+            torch.testing.assert_close(logits, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["decoder", "roformer"])
+def test_scaling_is_saved_and_loaded_with_the_same_logits(tmp_path, family):
+    parameters = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
+    torch.manual_seed(1)
+    if family == "decoder":
+        model = DecoderLM(DecoderConfig(vocab_size=30, hidden_size=16, num_layers=1, num_heads=2, max_positions=32,
+                                        rope_parameters=parameters))
+        cls = DecoderLM
+    else:
+        model = RoFormerForCausalLM(RoFormerConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32, is_decoder=True,
+                                                   max_position_embeddings=32, rope_parameters=parameters))
+        cls = RoFormerForCausalLM
+    model.eval().save_pretrained(tmp_path)
+    again = cls.from_pretrained(tmp_path).eval()
+    assert again.config.rope_parameters == parameters
+    ids = torch.randint(0, 30, (2, 30))
+    unscaled = cls(type(model.config)(**{**model.config.__dict__, "rope_parameters": None}))
+    unscaled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
+        assert not torch.allclose(unscaled.eval()(ids).logits, model(ids).logits)
