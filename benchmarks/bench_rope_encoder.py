@@ -102,7 +102,8 @@ def encoder_rows(args) -> list[tuple]:
     mask[-1, args.seq // 2 :] = 0  # one padded sequence, so both build a real attention mask
     rows = []
     with torch.inference_mode():
-        torch.testing.assert_close(ours(ids, mask), hf(input_ids=ids, attention_mask=mask).last_hidden_state,
+        torch.testing.assert_close(ours(ids, mask).last_hidden_state,
+                                   hf(input_ids=ids, attention_mask=mask).last_hidden_state,
                                    rtol=1e-4, atol=1e-4)
         fp32 = race(
             {"roformer": lambda: ours(ids, mask), "huggingface": lambda: hf(input_ids=ids, attention_mask=mask)},

@@ -62,9 +62,7 @@ def batch(config: dict, head: str, seed: int = 1):
 def outputs(model, inputs, ours: bool):
     with torch.no_grad():
         out = model(**inputs)
-    if ours and isinstance(out, torch.Tensor):
-        return [out]
-    if not ours and hasattr(out, "last_hidden_state") and not hasattr(out, "logits"):
+    if getattr(out, "logits", None) is None and getattr(out, "start_logits", None) is None:
         return [out.last_hidden_state]
     if getattr(out, "start_logits", None) is not None:
         return [out.start_logits, out.end_logits]

@@ -249,3 +249,33 @@ def test_long_term_decay_bound():
         assert bound[r].item() == pytest.approx(total / (dim // 2), rel=1e-9)
     assert bound[200:].max() < bound[:20].min() / 1.5
     assert bound[128:].mean() < bound[:128].mean()
+
+
+def test_export_with_a_dynamic_sequence_length():
+    """torch.export of the encoder with dynamic batch and sequence axes runs far past the length it was traced at
+    (and past the cos/sin table's first 256 positions), equal to eager."""
+    from roformer.models import RoFormerConfig, RoFormerForMaskedLM
+
+    torch.manual_seed(0)
+    model = RoFormerForMaskedLM(RoFormerConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=64)).eval()
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=8192)
+    exported = torch.export.export(model, (torch.randint(0, 100, (2, 40)),), dynamic_shapes=({0: batch, 1: seq},))
+    long = torch.randint(0, 100, (3, 1000))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(long).logits, model(long).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_dynamic_does_not_recompile_as_lengths_grow():
+    compilations = []
+
+    def counting_backend(graph, example_inputs):
+        compilations.append(graph)
+        return graph.forward
+
+    rope = RotaryEmbedding(16)
+    compiled = torch.compile(lambda q, k: rope(q, k), backend=counting_backend, dynamic=True, fullgraph=True)
+    for n in (100, 300, 700, 1500, 3000):
+        q, k = torch.randn(2, 1, 2, n, 16).unbind(0)
+        torch.testing.assert_close(compiled(q, k), rope(q, k))
+    assert len(compilations) == 1

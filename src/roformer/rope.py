@@ -235,7 +235,9 @@ class RotaryEmbedding(nn.Module):
             start = positions or 0
             if start < 0:
                 raise ValueError(f"position offset must be >= 0, got {start}")
-            if self.length_dependent:
+            if self.length_dependent or torch.compiler.is_compiling():
+                # traced (torch.compile / torch.export): angles from the positions directly, so no guard on the
+                # table's length caps a dynamic sequence length or recompiles as it grows
                 theta, factor = self.frequencies(total_len or start + seq_len, device)
                 return rotary_cos_sin(torch.arange(start, start + seq_len, device=device), self.dim, theta=theta,
                                       attention_factor=factor)

@@ -12,6 +12,7 @@ Tied weights (the MLM decoder and the word embeddings) are stored once, as Huggi
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -143,8 +144,43 @@ def _read_weights(directory: Path) -> dict[str, Tensor]:
     raise FileNotFoundError(f"no model.safetensors (or pytorch_model.bin) in {directory}")
 
 
-def from_pretrained(cls, directory: str | Path, **config_overrides):
-    directory = Path(directory)
+HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def resolve_model_dir(name_or_path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
+                      local_files_only: bool = False, token: str | bool | None = None) -> Path:
+    """A local directory as it is; anything else is a HuggingFace hub id, fetched (or found in the hub cache)
+    by ``huggingface_hub.snapshot_download`` with its own revision, cache and offline rules (``HF_HUB_OFFLINE=1``
+    or ``local_files_only``: the cache only)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.count("/") > 1 or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{name}: not a model directory (and not a hub id of the form 'org/name')")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+    except ImportError:
+        raise FileNotFoundError(f"{name} is not a local directory; to load it from the HuggingFace hub, install "
+                                "huggingface_hub (pip install huggingface_hub)") from None
+    # the hub client reads its environment once, at import; read HF_HUB_OFFLINE and HF_HUB_CACHE at each call
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE"),
+                                      local_files_only=offline, token=token, allow_patterns=HUB_FILES))
+    except HFValidationError as e:
+        raise FileNotFoundError(f"{name}: not a local directory nor a valid hub id ({e})") from None
+    except Exception as e:  # offline and not cached, unknown repo or revision, no network: the hub client says which
+        mode = " (offline: the cache only)" if offline else ""
+        raise FileNotFoundError(f"{name}: not a local directory, and the hub gave no copy{mode} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
+                    local_files_only: bool = False, token: str | bool | None = None, **config_overrides):
+    directory = resolve_model_dir(name_or_path, revision, cache_dir, local_files_only, token)
     config = RoFormerConfig.load(directory)
     for key, value in config_overrides.items():
         if not hasattr(config, key):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..attention import KVCache, attention_bias
 from ..io import read_json
@@ -143,14 +144,37 @@ class RoFormerConfig:
 
 @dataclass
 class ModelOutput:
-    """What a forward pass returns; fields a head does not produce stay None."""
+    """What a forward pass returns, with HuggingFace's field names; fields a head does not produce stay None.
+    As in ``transformers``, ``out[0]`` is the first field that is set (the loss when there is one) and
+    ``out["logits"]`` a field by name; ``past_key_values`` is the KV cache."""
 
-    logits: Tensor | None = None
     loss: Tensor | None = None
-    last_hidden_state: Tensor | None = None
+    logits: Tensor | None = None
     start_logits: Tensor | None = None
     end_logits: Tensor | None = None
+    last_hidden_state: Tensor | None = None
     kv_cache: KVCache | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: int | str):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{key!r} is not set in this output; set: {', '.join(self.keys())}")
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    @property
+    def past_key_values(self) -> KVCache | None:
+        return self.kv_cache
+
+
+# a pytree node, so that torch.export and torch.compile can return it from a traced forward
+torch.export.register_dataclass(ModelOutput, serialized_type_name="roformer.ModelOutput")
 
 
 class RoFormerPreTrainedModel(nn.Module):
@@ -184,13 +208,89 @@ class RoFormerPreTrainedModel(nn.Module):
         save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **config_overrides):
-        """Load a directory written by ``save_pretrained`` here or by ``transformers``. Head weights the
-        checkpoint lacks (a classifier on a pre-trained encoder) are freshly initialised and listed in a
-        warning; ``config_overrides`` set config fields (e.g. ``num_labels=3``)."""
+    def from_pretrained(cls, name_or_path: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, **config_overrides):
+        """Load a directory written by ``save_pretrained`` here or by ``transformers``, or a HuggingFace hub id
+        (``"junnyu/roformer_chinese_base"``; a local directory of that name wins) through ``huggingface_hub``
+        with its ``revision``, ``cache_dir`` and offline mode. Head weights the checkpoint lacks (a classifier
+        on a pre-trained encoder) are freshly initialised and listed in a warning; ``config_overrides`` set
+        config fields (e.g. ``num_labels=3``)."""
         from .hf_interop import from_pretrained
 
-        return from_pretrained(cls, directory, **config_overrides)
+        return from_pretrained(cls, name_or_path, revision, cache_dir, local_files_only, token, **config_overrides)
+
+    # -- the usual model methods (as transformers' PreTrainedModel) ------------------------------------
+    @property
+    def base_model(self) -> RoFormerModel:
+        return self if isinstance(self, RoFormerModel) else self.roformer
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them (training only):
+        activation memory per layer drops to its input, for about one more forward pass of compute."""
+        self.base_model.gradient_checkpointing = True
+        self.base_model.checkpoint_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.base_model.gradient_checkpointing
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.word_embeddings
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.base_model.word_embeddings = embeddings
+        self.config.vocab_size = embeddings.num_embeddings
+        self._tie_output()
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        head = getattr(self, "lm_head", None)
+        return head.decoder if head is not None else None
+
+    def _tie_output(self) -> None:
+        head = getattr(self, "lm_head", None)
+        if head is not None and self.config.tie_word_embeddings:
+            head.decoder.weight = self.base_model.word_embeddings.weight
+
+    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
+        """Grow or shrink the vocabulary: existing rows are kept, new ones initialised as at construction; the
+        output layer (tied or not) and its bias follow."""
+        if new_num_tokens < 1:
+            raise ValueError(f"new_num_tokens must be at least 1, got {new_num_tokens}")
+        old = self.get_input_embeddings()
+        keep = min(old.num_embeddings, new_num_tokens)
+        padding = old.padding_idx if old.padding_idx is not None and old.padding_idx < new_num_tokens else None
+        new = nn.Embedding(new_num_tokens, old.embedding_dim, padding_idx=padding, device=old.weight.device,
+                           dtype=old.weight.dtype)
+        nn.init.normal_(new.weight, std=self.config.initializer_range)
+        with torch.no_grad():
+            new.weight[:keep] = old.weight[:keep]
+        head = getattr(self, "lm_head", None)
+        if head is not None:
+            decoder = nn.Linear(head.decoder.in_features, new_num_tokens, bias=False, device=old.weight.device,
+                                dtype=head.decoder.weight.dtype)
+            bias = torch.zeros(new_num_tokens, dtype=head.bias.dtype, device=head.bias.device)
+            with torch.no_grad():
+                nn.init.normal_(decoder.weight, std=self.config.initializer_range)
+                decoder.weight[:keep] = head.decoder.weight[:keep]
+                bias[:keep] = head.bias[:keep]
+            head.decoder, head.bias = decoder, nn.Parameter(bias)
+        self.set_input_embeddings(new)
+        return new
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tied matrix counts once)."""
+        seen, total = set(), 0
+        skip = {id(self.get_input_embeddings().weight)} if exclude_embeddings else set()
+        for p in self.parameters():
+            if id(p) in seen or id(p) in skip or (only_trainable and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
 
     @property
     def device(self) -> torch.device:
@@ -229,6 +329,7 @@ class RoFormerModel(RoFormerPreTrainedModel):
             )
             for _ in range(c.num_hidden_layers)
         )
+        self.gradient_checkpointing, self.checkpoint_kwargs = False, {}
         if type(self) is RoFormerModel:
             self.init_weights()
 
@@ -240,8 +341,8 @@ class RoFormerModel(RoFormerPreTrainedModel):
         positions: int | Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> Tensor:
-        """Returns the last hidden state (batch, seq, hidden).
+    ) -> ModelOutput:
+        """Returns a :class:`ModelOutput` with ``last_hidden_state`` (batch, seq, hidden) (and the cache).
 
         ``attention_mask`` (batch, seq [+ cached]) is 1 for real tokens and 0 for padding. ``positions``
         defaults to 0..seq-1 after any cached tokens; see ``RotaryEmbedding`` for the other forms.
@@ -275,9 +376,13 @@ class RoFormerModel(RoFormerPreTrainedModel):
         else:
             dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
             bias = attention_bias(attention_mask, seq, offset + seq, causal, dtype, x.device)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, bias, is_causal=causal, kv_cache=kv_cache, layer=i)
-        return x
+            if checkpointing:
+                x = checkpoint(layer, x, pos, bias, causal, kv_cache, i, **self.checkpoint_kwargs)
+            else:
+                x = layer(x, pos, bias, is_causal=causal, kv_cache=kv_cache, layer=i)
+        return ModelOutput(last_hidden_state=x, kv_cache=kv_cache)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -307,9 +412,7 @@ class _WithEncoder(RoFormerPreTrainedModel):
 
     def _finish_init(self) -> None:
         self.init_weights()
-        head = getattr(self, "lm_head", None)
-        if head is not None and self.config.tie_word_embeddings:
-            head.decoder.weight = self.roformer.word_embeddings.weight
+        self._tie_output()
 
 
 class RoFormerForMaskedLM(_WithEncoder):
@@ -322,7 +425,7 @@ class RoFormerForMaskedLM(_WithEncoder):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
         """``labels``: (batch, seq) token ids to predict, -100 where no prediction is scored."""
-        h = self.roformer(input_ids, attention_mask, token_type_ids, **kw)
+        h = self.roformer(input_ids, attention_mask, token_type_ids, **kw).last_hidden_state
         logits = self.lm_head(h)
         loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
         return ModelOutput(logits=logits, loss=loss, last_hidden_state=h)
@@ -342,7 +445,7 @@ class RoFormerForCausalLM(_WithEncoder):
         self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, kv_cache=None, **kw
     ) -> ModelOutput:
         """``labels`` are the input ids themselves (shifted inside): position t is scored on token t+1."""
-        h = self.roformer(input_ids, attention_mask, token_type_ids, kv_cache=kv_cache, **kw)
+        h = self.roformer(input_ids, attention_mask, token_type_ids, kv_cache=kv_cache, **kw).last_hidden_state
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
@@ -383,7 +486,7 @@ class RoFormerForSequenceClassification(_WithEncoder):
         self._finish_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
-        logits = self.classifier(self.roformer(input_ids, attention_mask, token_type_ids, **kw))
+        logits = self.classifier(self.roformer(input_ids, attention_mask, token_type_ids, **kw).last_hidden_state)
         loss = None
         if labels is not None:
             problem = self.config.problem_type
@@ -413,7 +516,8 @@ class RoFormerForTokenClassification(_WithEncoder):
         self._finish_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
-        logits = self.classifier(self.dropout(self.roformer(input_ids, attention_mask, token_type_ids, **kw)))
+        h = self.roformer(input_ids, attention_mask, token_type_ids, **kw).last_hidden_state
+        logits = self.classifier(self.dropout(h))
         loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
         return ModelOutput(logits=logits, loss=loss)
 
@@ -430,7 +534,7 @@ class RoFormerForQuestionAnswering(_WithEncoder):
         self, input_ids=None, attention_mask=None, token_type_ids=None, start_positions=None,
         end_positions=None, **kw,
     ) -> ModelOutput:
-        logits = self.qa_outputs(self.roformer(input_ids, attention_mask, token_type_ids, **kw))
+        logits = self.qa_outputs(self.roformer(input_ids, attention_mask, token_type_ids, **kw).last_hidden_state)
         start, end = logits.unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -456,7 +560,7 @@ class RoFormerForMultipleChoice(_WithEncoder):
         batch, choices, seq = input_ids.shape
         flat = [None if t is None else t.reshape(batch * choices, seq)
                 for t in (input_ids, attention_mask, token_type_ids)]
-        h = self.roformer(*flat, **kw)
+        h = self.roformer(*flat, **kw).last_hidden_state
         logits = self.classifier(h[:, -1]).view(batch, choices)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return ModelOutput(logits=logits, loss=loss)
