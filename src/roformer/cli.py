@@ -186,6 +186,14 @@ def _translate(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    r = export_model(args.model, args.out, args.format, args.check_length)
+    print(f"wrote {r['file']} ({r['head']}, {r['format']}, dynamic batch and sequence); checked on "
+          f"{r['checked on']}: max abs difference {r['max abs difference']:.2e}")
+
+
 EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue", "translation", "chinese")
 
 
@@ -292,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="reports/mlm/roformer/model", help="saved model directory with tokenizer")
     p.add_argument("--top-k", type=POSITIVE_INT, default=5)
     p.set_defaults(func=_fill_mask)
+
+    p = verbs.add_parser("export", help="export a saved RoFormer (any head) to ONNX or torch.export, checked")
+    p.add_argument("--model", required=True, help="saved model directory (ours or HuggingFace's)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torch"), help="onnx (onnxruntime) | torch (.pt2)")
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--check-length", type=POSITIVE_INT, default=300, help="tokens per row of the check batch")
+    p.set_defaults(func=_export)
 
     p = verbs.add_parser("report", help="overlay several runs' curves and tabulate their final metrics")
     p.add_argument("runs", nargs="+", help="run directories")
