@@ -9,13 +9,14 @@ a saved model directory is self-contained.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-__all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "ChineseTokenizer", "save_tokenizer", "load_tokenizer",
-           "check_tokenizer"]
+__all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "ChineseTokenizer", "RoFormerTokenizer",
+           "save_tokenizer", "load_tokenizer", "check_tokenizer"]
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -74,7 +75,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
 def save_tokenizer(tok, directory: str | Path) -> None:
     from ..io import atomic_write
 
-    if isinstance(tok, ChineseTokenizer):
+    if isinstance(tok, ChineseTokenizer | RoFormerTokenizer):
         tok.save(directory)
         return
     atomic_write(Path(directory) / "tokenizer.json", lambda tmp: tok.save(tmp))
@@ -88,14 +89,20 @@ def _bert_template(tok: Tokenizer) -> processors.TemplateProcessing:
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """``tokenizer.json`` from a model directory; a :class:`ChineseTokenizer` it saved; for a HuggingFace
-    directory with only a BERT ``vocab.txt``, the equivalent WordPiece tokenizer (lower-cased unless
-    ``tokenizer_config.json`` says otherwise)."""
+    """The tokenizer of a model directory: :class:`RoFormerTokenizer` for a Chinese RoFormer vocabulary (its
+    tokenizer_config.json says RoFormerTokenizer, or its vocab.txt holds Chinese words, as the published
+    checkpoints' do); the recipe's character-level :class:`ChineseTokenizer`; ``tokenizer.json``; else, for a
+    HuggingFace directory with only a BERT ``vocab.txt``, the equivalent WordPiece tokenizer (lower-cased
+    unless ``tokenizer_config.json`` says otherwise)."""
 
     directory = Path(directory)
     path, vocab, settings = directory / "tokenizer.json", directory / "vocab.txt", directory / "tokenizer_config.json"
-    if settings.is_file() and "roformer_tokenizer" in json.loads(settings.read_text()):
+    config = json.loads(settings.read_text()) if settings.is_file() else {}
+    if config.get("roformer_tokenizer") == "char":
         return ChineseTokenizer.load(directory)
+    if vocab.is_file() and (config.get("tokenizer_class") == "RoFormerTokenizer" or "roformer_tokenizer" in config
+                            or RoFormerTokenizer.is_word_vocabulary(_read_vocab(vocab))):
+        return RoFormerTokenizer.load(directory)
     if path.is_file():
         return Tokenizer.from_file(str(path))
     if vocab.is_file():
@@ -131,11 +138,119 @@ class EncodedIds:
         self.ids = ids
 
 
+def _bert_word_pieces(vocab: dict[str, int], lowercase: bool = True) -> Tokenizer:
+    """BERT's basic tokenisation (clean, lower-case and strip accents, split punctuation and every CJK character)
+    and WordPiece over ``vocab``, through ``tokenizers``: what BertTokenizer.tokenize does."""
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def _jieba_words(text: str) -> list[str]:
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba.lcut(text, HMM=False)
+
+
+class RoFormerTokenizer:
+    """The tokenisation of the published Chinese RoFormer checkpoints (``RoFormerTokenizer``'s documented
+    algorithm): lower-case, segment with jieba (HMM off); a word found in the vocabulary is one token, any other
+    word goes through BERT's basic tokenisation and WordPiece. Its vocabulary (a BERT ``vocab.txt``) holds
+    characters, words and WordPieces together. ``今天天气非常好。`` -> 今 天 天 气 非常 好 。 on a vocabulary with
+    非常 but not 今天 or 天气.
+
+    ``encode`` adds [CLS] ... [SEP] (``add_special_tokens=False``: not); it answers the calls the recipes make
+    of a ``tokenizers.Tokenizer`` (``encode``, ``encode_batch``, ``token_to_id``, ``id_to_token``,
+    ``get_vocab_size``, ``decode``).
+    """
+
+    def __init__(self, vocab: list[str], lowercase: bool = True):
+        self.vocab, self.lowercase = vocab, lowercase
+        self.ids = {t: i for i, t in enumerate(vocab)}
+        missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in self.ids]
+        if missing:
+            raise ValueError(f"the vocabulary has no {', '.join(missing)}")
+        self._pieces = _bert_word_pieces(self.ids, lowercase)
+        self._specials = re.compile("(" + "|".join(re.escape(t) for t in BERT_SPECIALS if t in self.ids) + ")")
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = []
+        for part in self._specials.split(text):  # [MASK] and the other specials are never split
+            if part in self.ids and part in BERT_SPECIALS:
+                tokens.append(part)
+                continue
+            for word in _jieba_words(part.lower() if self.lowercase else part):
+                if word in self.ids:
+                    tokens.append(word)
+                else:
+                    tokens.extend(self._pieces.encode(word, add_special_tokens=False).tokens)
+        return tokens
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> EncodedIds:
+        ids = [self.ids[t] for t in self.tokenize(text)]
+        if add_special_tokens:
+            ids = [self.ids["[CLS]"], *ids, self.ids["[SEP]"]]
+        return EncodedIds(ids)
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[EncodedIds]:
+        return [self.encode(t, add_special_tokens) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        out = ""
+        for i in ids:
+            token = self.vocab[i]
+            if token.startswith("[") and token.endswith("]"):
+                continue
+            out += token[2:] if token.startswith("##") else token
+        return out
+
+    def get_vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.ids.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.vocab[i]
+
+    @staticmethod
+    def is_word_vocabulary(vocab: list[str]) -> bool:
+        """A vocab.txt in the published checkpoints' format: it has multi-character Chinese words."""
+        return any(len(t) > 1 and not t.startswith("##") and all("\u4e00" <= ch <= "\u9fff" for ch in t)
+                   for t in vocab)
+
+    def save(self, directory: str | Path) -> None:
+        from ..io import atomic_write_text
+
+        directory = Path(directory)
+        atomic_write_text(directory / "vocab.txt", "".join(t + "\n" for t in self.vocab))
+        config = {"tokenizer_class": "RoFormerTokenizer", "do_lower_case": self.lowercase}
+        atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RoFormerTokenizer:
+        directory = Path(directory)
+        settings = directory / "tokenizer_config.json"
+        lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
+        return cls(_read_vocab(directory / "vocab.txt"), lowercase)
+
+
+def _read_vocab(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.read_text(encoding="utf-8").endswith("\n") \
+        else path.read_text(encoding="utf-8").split("\n")
+
+
 class ChineseTokenizer:
-    """Chinese tokenization of WoBERT / RoFormer (§4.5): ``jieba`` word segmentation (HMM off), a vocabulary of
-    the most frequent words plus every character, and unknown words split into characters (``word_level``); or
-    one token per character, the BERT-Chinese baseline (``word_level=False``). Whitespace separates and is
-    dropped; text is lower-cased. Specials [PAD] [UNK] [CLS] [SEP] [MASK] have ids 0-4.
+    """The Chinese recipe's tokenizers (§4.5), with their vocabulary builder: word level (``word_level``, WoBERT /
+    RoFormer) tokenises exactly as :class:`RoFormerTokenizer` (jieba words found in a vocabulary of the most
+    frequent words plus the characters; other words through BERT's basic tokenisation and WordPiece, which for
+    Chinese means characters), and saves a directory that :class:`RoFormerTokenizer` reads back to the same ids;
+    character level (``word_level=False``) is one token per character, the BERT-Chinese baseline. Text is
+    lower-cased. Specials [PAD] [UNK] [CLS] [SEP] [MASK] have ids 0-4.
 
     It answers the same calls as a ``tokenizers.Tokenizer`` where the recipes use them (``encode_batch``,
     ``token_to_id``, ``id_to_token``, ``get_vocab_size``, ``decode``) and saves as ``vocab.txt`` plus
@@ -148,6 +263,7 @@ class ChineseTokenizer:
         self.vocab, self.word_level = vocab, word_level
         self.ids = {t: i for i, t in enumerate(vocab)}
         self.unk = self.ids["[UNK]"]
+        self._roformer = RoFormerTokenizer(vocab) if word_level else None
 
     @staticmethod
     def _words(text: str, word_level: bool) -> list[str]:
@@ -162,13 +278,9 @@ class ChineseTokenizer:
         return [w for w in jieba.lcut(text, HMM=False) if w.strip()]
 
     def tokenize(self, text: str) -> list[str]:
-        tokens = []
-        for word in self._words(text, self.word_level):
-            if word in self.ids:
-                tokens.append(word)
-            else:  # an unknown word falls back to its characters
-                tokens.extend(ch if ch in self.ids else "[UNK]" for ch in word if not ch.isspace())
-        return tokens
+        if self.word_level:  # exactly the published checkpoints' RoFormerTokenizer, over this vocabulary
+            return self._roformer.tokenize(text)
+        return [ch if ch in self.ids else "[UNK]" for ch in self._words(text, False)]
 
     def encode_ids(self, text: str) -> list[int]:
         return [self.ids.get(t, self.unk) for t in self.tokenize(text)]
@@ -218,12 +330,11 @@ class ChineseTokenizer:
         directory = Path(directory)
         atomic_write_text(directory / "vocab.txt", "".join(t + "\n" for t in self.vocab))
         config = {"roformer_tokenizer": "jieba-word" if self.word_level else "char", "jieba_hmm": False,
-                  "do_lower_case": True}
+                  "do_lower_case": True, **({"tokenizer_class": "RoFormerTokenizer"} if self.word_level else {})}
         atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> ChineseTokenizer:
         directory = Path(directory)
         config = json.loads((directory / "tokenizer_config.json").read_text())
-        vocab = (directory / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
-        return cls(vocab, word_level=config["roformer_tokenizer"] == "jieba-word")
+        return cls(_read_vocab(directory / "vocab.txt"), word_level=config["roformer_tokenizer"] == "jieba-word")
