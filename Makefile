@@ -28,10 +28,12 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_rope_encoder.py
 	$(PY) benchmarks/bench_linear_attention.py
+	$(PY) benchmarks/bench_checkpointing.py
 
 # the committed reports under reports/ (small presets, a few hours on 2 CPU cores in all; glue needs mlm's models)
 experiments: $(STAMP)
 	.venv/bin/roformer experiment pe_compare --preset small --data-dir $(DATA_DIR) --out reports/pe_compare
+	.venv/bin/roformer experiment extrapolation --preset small --data-dir $(DATA_DIR) --models reports/pe_compare --out reports/extrapolation
 	.venv/bin/roformer experiment performer_lm --preset small --data-dir $(DATA_DIR) --out reports/performer_lm
 	.venv/bin/roformer experiment mlm --preset small --data-dir $(DATA_DIR) --out reports/mlm
 	.venv/bin/roformer experiment glue --preset small --data-dir $(DATA_DIR) --out reports/glue

@@ -42,48 +42,54 @@ def race(candidates: dict, rounds: int, repeats: int) -> dict[str, float]:
 
 
 def rope_rows(args) -> list[tuple]:
+    """Both pairings, three modes: forward under inference_mode, forward with grad mode on (a training forward,
+    inputs requiring grad), and forward + backward. References: HuggingFace RoFormer's
+    apply_rotary_position_embeddings (interleaved) and LLaMA's apply_rotary_pos_emb (half split)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     b, h, s, d = args.batch, 12, args.seq, 64
     torch.manual_seed(0)
     q, k = torch.randn(2, b, h, s, d).unbind(0)
     q, k = q.contiguous(), k.contiguous()
-    rope = roformer.RotaryEmbedding(d)
     table = hf_roformer.RoFormerSinusoidalPositionalEmbedding(s, d)
     table.weight.data = table.create_weight()
     sinusoidal_pos = table((b, s))[None, None]  # as HuggingFace's encoder builds it once per forward
-    hf_apply = hf_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings
-    rows = []
-
-    with torch.inference_mode():
-        fwd = race(
-            {
-                "roformer": lambda: rope(q, k),
-                "huggingface": lambda: hf_apply(sinusoidal_pos, q, k),
-                "copy of q, k": lambda: (q.clone(), k.clone()),
-            },
-            args.rounds,
-            args.repeats,
-        )
-    rows.append(("RoPE forward", fwd))
-
+    hf_interleaved = hf_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings
+    theta = 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+    angles = torch.arange(s).float()[:, None] * theta
+    llama_cos, llama_sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    references = {
+        "interleaved": lambda a, c: hf_interleaved(sinusoidal_pos, a, c),
+        "half": lambda a, c: apply_rotary_pos_emb(a, c, llama_cos[None], llama_sin[None]),
+    }
     qg, kg = q.clone().requires_grad_(), k.clone().requires_grad_()
     grads = (torch.randn_like(q), torch.randn_like(k))
 
     def backward_of(fn):
         def step():
             qg.grad = kg.grad = None  # no accumulation pass: time the rotation's own backward
-            torch.autograd.backward(fn(), grads)
+            torch.autograd.backward(fn(qg, kg), grads)
         return step
 
-    both = race(
-        {
-            "roformer": backward_of(lambda: rope(qg, kg)),
-            "huggingface": backward_of(lambda: hf_apply(sinusoidal_pos, qg, kg)),
-            "copy of q, k": backward_of(lambda: (qg.clone(), kg.clone())),
-        },
-        args.rounds,
-        args.repeats,
-    )
-    rows.append(("RoPE forward+backward", both))
+    def copy(a, c):
+        return a.clone(), c.clone()
+
+    def layout_rows(layout: str, rope, hf) -> list[tuple]:
+        with torch.inference_mode():
+            inference = race({"roformer": lambda: rope(q, k), "huggingface": lambda: hf(q, k),
+                              "copy of q, k": lambda: copy(q, k)}, args.rounds, args.repeats)
+        training = race({"roformer": lambda: rope(qg, kg), "huggingface": lambda: hf(qg, kg),
+                         "copy of q, k": lambda: copy(qg, kg)}, args.rounds, args.repeats)
+        both = race({"roformer": backward_of(rope), "huggingface": backward_of(hf), "copy of q, k": backward_of(copy)},
+                    args.rounds, args.repeats)
+        return [(f"RoPE {layout}: forward, inference_mode", inference),
+                (f"RoPE {layout}: forward, grad mode (training)", training),
+                (f"RoPE {layout}: forward + backward", both)]
+
+    rows = []
+    for layout in ("interleaved", "half"):
+        rows += layout_rows(layout, roformer.RotaryEmbedding(d, interleaved=layout == "interleaved"),
+                            references[layout])
     return rows
 
 

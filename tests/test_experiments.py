@@ -62,3 +62,42 @@ def test_steps_to_reach():
 
     curve = [(10, 5.0), (20, 4.0), (30, 3.5)]
     assert steps_to_reach(curve, 4.0) == 20 and steps_to_reach(curve, 3.0) is None
+
+
+def test_sliding_window_scores_every_token_once():
+    """With a bigram 'model' (logits depend on the current token only), the sliding-window loss is the mean
+    bigram loss over every predicted token 1 .. N-1, whatever the window and stride."""
+    import torch
+
+    from roformer.train.lm import sliding_window_loss, stream_loss
+
+    torch.manual_seed(0)
+    table = torch.randn(11, 11).log_softmax(-1)
+
+    class Bigram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return type("Out", (), {"logits": table[x]})()
+
+    data = torch.randint(0, 11, (101,))
+    exact = -table[data[:-1], data[1:]].mean().item()
+    for window, stride in ((10, 5), (10, 10), (20, 3), (100, 50)):
+        assert sliding_window_loss(Bigram(), data, window, stride) == pytest.approx(exact, rel=1e-6)
+    assert stream_loss(Bigram(), data, 10) == pytest.approx(exact, rel=1e-6)  # 100 = 10 windows of 10 + 1
+    with pytest.raises(ValueError, match="stride"):
+        sliding_window_loss(Bigram(), data, 10, 11)
+
+
+def test_extrapolation_smoke(tmp_path):
+    require_data("enwiki")
+    assert main(["experiment", "extrapolation", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert results["learned"]["2"]["non-overlapping"] == [None]  # no position embedding past L
+    assert all(v > 0 for v in results["alibi"]["4"]["sliding"])
+    assert {"rope + linear (PI)", "rope + YaRN", "rope + dynamic NTK"} <= set(results)
+    report = (tmp_path / "report.md").read_text()
+    assert "n/a" in report and "fine-tuned at 2L" in report
+    assert (tmp_path / "perplexity_sliding.png").stat().st_size > 10_000

@@ -194,7 +194,7 @@ def _export(args: argparse.Namespace) -> None:
           f"{r['checked on']}: max abs difference {r['max abs difference']:.2e}")
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare", "mlm", "glue", "translation", "chinese")
+EXPERIMENTS = ("performer_lm", "pe_compare", "extrapolation", "mlm", "glue", "translation", "chinese")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -251,12 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("experiment", help="run one of the paper's experiments and write its report")
     p.add_argument("name", choices=EXPERIMENTS,
-                   help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | mlm (§4.2) | glue (§4.3, after mlm) | "
+                   help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | extrapolation (length) | mlm (§4.2) | "
+                   "glue (§4.3, after mlm) | "
                    "translation (§4.1) | chinese (§4.5)")
     _add_common(p, None)
     p.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds per variant (default: the preset's)")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
-                   "(default reports/mlm)")
+                   "(default reports/mlm); extrapolation: a pe_compare output whose models to evaluate")
     p.set_defaults(func=_experiment)
 
     p = verbs.add_parser("pretrain", help="pre-train a masked LM (WordPiece, packing, 80/10/10 masking, AdamW)")

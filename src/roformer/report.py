@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs",
-           "mean_std", "paired_difference", "seed_rows", "plot_seed_bands"]
+           "mean_std", "paired_difference", "seed_rows", "plot_seed_bands", "plot_lines"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -181,3 +181,32 @@ def plot_seed_bands(runs: dict[str, list[str | Path]], out_png: str | Path, key:
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
                         alpha=0.2, linewidth=0)
     return _save_plot(fig, ax, out_png, title + " (band: lowest to highest seed)", ylabel)
+
+
+def plot_lines(curves: dict[str, list[tuple[float, float]]], out_png: str | Path, xlabel: str, ylabel: str,
+               title: str, log: bool = True) -> Path:
+    """One line with markers per label through its (x, y) points, log-scaled axes by default."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, points in curves.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    if log:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -104,6 +104,16 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
             return out
         pairs = torch.view_as_complex(x[..., :rot].to(compute).contiguous().unflatten(-1, (-1, 2)))
         rotated = torch.view_as_real(pairs * cis).flatten(-2)
+    elif not torch.compiler.is_compiling() and x.dtype == compute:
+        # half split: each half of the output written in place by one multiply and one fused multiply-add
+        half = rot // 2
+        out = torch.empty_like(x)
+        x1, x2, o1, o2 = x[..., :half], x[..., half:rot], out[..., :half], out[..., half:rot]
+        torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+        if rot < x.shape[-1]:
+            out[..., rot:] = x[..., rot:]
+        return out
     else:
         x1, x2 = x[..., :rot].to(compute).chunk(2, dim=-1)
         rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

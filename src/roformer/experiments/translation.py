@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..data.padding import right_pad
 from ..data.parallel import load_parallel, token_batches
@@ -86,12 +87,16 @@ def translate_lines(model: Seq2SeqTransformer, tok, lines: list[str], beam_size:
     todo = sorted((i for i, line in enumerate(lines) if line.strip()), key=lambda i: len(sources[i]))
     out = [""] * len(lines)
     model.eval()
+    bar = tqdm(total=len(todo), desc=f"translating ({'greedy' if beam_size == 1 else f'beam {beam_size}'})",
+               unit="sentence", disable=len(todo) < 2 * batch_size, dynamic_ncols=True)
     for s in range(0, len(todo), batch_size):
         rows = todo[s : s + batch_size]
         batch = _collate([sources[i] for i in rows], None, c.bos_token_id, c.pad_token_id)
         hyps = model.translate(batch["src_ids"].to(device), batch["src_mask"].to(device), beam_size, length_penalty)
         for i, ids in zip(rows, hyps, strict=True):
             out[i] = tok.decode(ids).strip()
+        bar.update(len(rows))
+    bar.close()
     return out
 
 

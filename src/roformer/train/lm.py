@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .losses import token_cross_entropy
 
-__all__ = ["step_generator", "window_batches", "next_token_loss", "stream_loss"]
+__all__ = ["step_generator", "window_batches", "next_token_loss", "stream_loss", "sliding_window_loss"]
 
 
 def step_generator(seed: int, step: int, micro: int = 0, grad_accum: int = 1) -> torch.Generator:
@@ -57,4 +57,32 @@ def stream_loss(model, data: Tensor, seq_len: int, batch_size: int = 16) -> floa
         loss, n = token_cross_entropy(model(x[:, :-1]).logits, x[:, 1:])
         total += loss.item() * int(n)
         count += int(n)
+    return total / count
+
+
+@torch.no_grad()
+def sliding_window_loss(model, data: Tensor, window: int, stride: int, batch_size: int = 8) -> float:
+    """Mean next-token loss (nats) with a sliding window (the evaluation of Press et al.'s ALiBi paper): windows
+    of ``window + 1`` tokens start every ``stride`` tokens (and a last one ends at the end of ``data``); each
+    window scores only the tokens no earlier window scored, so every token 1 .. N-1 is scored once, with at
+    least ``window - stride`` tokens of context (except near the start)."""
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in 1 .. window ({window}), got {stride}")
+    if len(data) < window + 1:
+        raise ValueError(f"evaluation data of {len(data)} tokens is shorter than one window of {window + 1}")
+    starts = list(range(0, len(data) - window, stride))
+    if starts[-1] + window < len(data) - 1:
+        starts.append(len(data) - 1 - window)
+    device = next(model.parameters()).device
+    total, count, scored = 0.0, 0, 0  # tokens 1 .. scored are scored
+    for b in range(0, len(starts), batch_size):
+        chunk = starts[b : b + batch_size]
+        x = torch.stack([data[s : s + window + 1] for s in chunk]).long().to(device)
+        logits = model(x[:, :-1]).logits
+        for row, s in enumerate(chunk):
+            first = scored - s  # the prediction of token s + 1 + j sits at j
+            loss, n = token_cross_entropy(logits[row : row + 1, first:], x[row : row + 1, first + 1 :])
+            total += loss.item() * int(n)
+            count += int(n)
+            scored = s + window
     return total / count

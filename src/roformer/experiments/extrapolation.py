@@ -1,0 +1,163 @@
+"""Length extrapolation: the paper's abstract sells RoPE on "the flexibility of sequence length"; its conclusion
+admits RoPE "cannot effectively extrapolate past the sequence length" the way ALiBi does. This measures both.
+
+Identical small decoders (the ``pe_compare`` settings) are trained at length L with each position encoding:
+none (NoPE), learned absolute, sinusoidal, T5 bias, ALiBi, RoPE, several seeds each. Each is evaluated on the
+same held-out tokens at L, 2L, 4L, 8L and 16L, two ways: non-overlapping windows (every window starts from no
+context) and a sliding window (windows of the evaluation length every E/2 tokens, each token scored once with
+at least E/2 tokens of context; Press et al.'s evaluation). Learned absolute positions have no embedding past
+L: those cells are "n/a". For RoPE also, with no training: position interpolation (linear), NTK-aware scaling
+of the base, dynamic NTK and YaRN, each with factor E/L; and after a short fine-tune at 4L (the regime of the
+position-interpolation and YaRN papers), whose cost is stated.
+
+``--models DIR`` reuses the models of a ``pe_compare`` run with the same preset (``DIR/<variant>/seed<k>/model``)
+instead of training them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..models.decoder import DecoderConfig, DecoderLM
+from ..report import markdown_table, mean_std
+from ..train import is_main_process, preset_train_config
+from ..train.lm import sliding_window_loss, stream_loss
+from . import choose_preset, pe_compare
+from .lm_compare import train_variants
+
+VARIANTS = ("none", "learned", "sinusoidal", "t5", "alibi", "rope")
+FACTORS = (1, 2, 4, 8, 16)
+PRESETS = {
+    "smoke": dict(base="smoke", factors=(1, 2, 4), seeds=1, finetune_steps=2, finetune_factor=2),
+    "small": dict(base="small", factors=FACTORS, seeds=3, finetune_steps=30, finetune_factor=4),
+    "paper": dict(base="paper", factors=FACTORS, seeds=3, finetune_steps=400, finetune_factor=4),
+}
+
+
+def scalings(factor: float, seq_len: int, head_dim: int) -> dict[str, dict | None]:
+    """The RoPE variants evaluated with no training at ``factor`` x the training length (None: plain RoPE)."""
+    if factor == 1:
+        return {"rope": None}
+    original = {"original_max_position_embeddings": seq_len}
+    return {"rope": None,
+            "rope + linear (PI)": {"rope_type": "linear", "factor": factor},
+            "rope + NTK (base x factor^(d/(d-2)))": {"rope_theta": 10000.0 * factor ** (head_dim / (head_dim - 2))},
+            "rope + dynamic NTK": {"rope_type": "dynamic", "factor": factor, **original},
+            "rope + YaRN": {"rope_type": "yarn", "factor": factor, **original}}
+
+
+def with_scaling(model: DecoderLM, parameters: dict | None) -> DecoderLM:
+    """The same weights under another RoPE scaling (``rope_theta`` alone: another base)."""
+    if parameters is None:
+        return model
+    parameters = dict(parameters)
+    theta = parameters.pop("rope_theta", model.config.rope_theta)
+    config = dataclasses.replace(model.config, rope_theta=theta, rope_parameters=parameters or None)
+    scaled = DecoderLM(config)
+    scaled.load_state_dict(model.state_dict())
+    return scaled.eval()
+
+
+def evaluate(model: DecoderLM, valid: torch.Tensor, seq_len: int, factor: int) -> dict[str, float | None]:
+    if model.config.position == "learned" and factor > 1:
+        return {"non-overlapping": None, "sliding": None}  # no embedding past the training length
+    length = seq_len * factor
+    model.eval()
+    return {"non-overlapping": stream_loss(model, valid, length, batch_size=max(1, 16 // factor)),
+            "sliding": sliding_window_loss(model, valid, length, length // 2, batch_size=max(1, 8 // factor))}
+
+
+def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolation", resume: bool = False,
+        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
+        seeds: int | None = None, models: str | None = None) -> dict:
+    p = choose_preset(PRESETS, preset)
+    base = pe_compare.PRESETS[p["base"]]
+    out, seed_list, seq_len = Path(out), list(range(seeds or p["seeds"])), base["seq_len"]
+    out.mkdir(parents=True, exist_ok=True)
+    factors = p["factors"]
+    source = Path(models) if models else out
+    train, valid = pe_compare.encode_corpus({**base, "eval_tokens": seq_len * max(factors) * 4}, data_dir, source,
+                                            resume=True)
+    configs = {name: DecoderConfig(vocab_size=base["vocab"], position=name, max_positions=seq_len, dropout=0.0,
+                                   **base["model"]) for name in VARIANTS}
+    train_config = preset_train_config(base["train"], device, dtype, max_steps, save_every=0, keep_last=1)
+    if not models:  # train here; with --models, read the pe_compare run's saved models
+        train_variants(configs, train, valid[: base["eval_tokens"] + 1], seq_len, base["batch_size"], train_config,
+                       out, resume, seed_list)
+    if not is_main_process():
+        return {}
+    head_dim = base["model"]["hidden_size"] // base["model"]["num_heads"]
+    results: dict[str, dict] = {}  # method -> factor -> mode -> [loss per seed]
+    for seed in seed_list:
+        for name in VARIANTS:
+            model = DecoderLM.from_pretrained(source / name / f"seed{seed}" / "model").to(device).eval()
+            for factor in factors:
+                methods = scalings(factor, seq_len, head_dim) if name == "rope" else {name: None}
+                for method, parameters in methods.items():
+                    scores = evaluate(with_scaling(model, parameters), valid, seq_len, factor)
+                    for mode, loss in scores.items():
+                        results.setdefault(method, {}).setdefault(factor, {}).setdefault(mode, []).append(loss)
+        finetuned, minutes = finetune_rope(source / "rope" / f"seed{seed}" / "model", train, valid, p, base,
+                                           train_config, out / "finetune" / f"seed{seed}", resume, head_dim)
+        for method, scores in finetuned.items():
+            for factor, modes in scores.items():
+                for mode, loss in modes.items():
+                    results.setdefault(method, {}).setdefault(factor, {}).setdefault(mode, []).append(loss)
+    (out / "results.json").write_text(json.dumps({"results": results, "finetune_minutes": minutes}, indent=2))
+    write_report(results, p, base, seed_list, out, command or f"roformer experiment extrapolation --preset {preset}")
+    return results
+
+
+def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_config, run_dir: Path, resume: bool,
+                  head_dim: int) -> tuple[dict, float]:
+    """RoPE fine-tuned for a few updates at finetune_factor x L under each scaling, then evaluated there."""
+    from ..train import Trainer
+    from ..train.lm import next_token_loss, window_batches
+
+    factor, seq_len = p["finetune_factor"], base["seq_len"]
+    length, scores, started = seq_len * factor, {}, time.perf_counter()
+    for method, parameters in scalings(factor, seq_len, head_dim).items():
+        model = with_scaling(DecoderLM.from_pretrained(model_dir), parameters).train()
+        config = dataclasses.replace(train_config, max_steps=p["finetune_steps"], warmup_steps=0, eval_every=0,
+                                     lr=train_config.lr * 0.1, schedule="constant")
+        batch_fn = window_batches(train, length, max(1, base["batch_size"] // factor), config.seed)
+        slug = method.split(" (")[0].replace(" + ", "-").replace(" ", "-")
+        Trainer(model, config, run_dir / slug, batch_fn, next_token_loss, desc=f"fine-tune {method}").fit(resume)
+        scores[f"{method}, fine-tuned at {factor}L"] = {factor: evaluate(model, valid, seq_len, factor)}
+    return scores, (time.perf_counter() - started) / 60
+
+
+def _cell(values: list) -> str:
+    if not values:
+        return "—"  # not evaluated (a scaling at factor 1 is plain RoPE; fine-tuned models at their length only)
+    if values[0] is None:
+        return "n/a"  # learned absolute positions past L
+    mean, std = mean_std([math.exp(v) for v in values])
+    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def write_report(results: dict, p: dict, base: dict, seeds: list[int], out: Path, command: str) -> None:
+    from ..report import plot_lines
+
+    factors, seq_len = p["factors"], base["seq_len"]
+    lines = ["# Length extrapolation: perplexity against evaluation length", "", f"Produced by: `{command}`", "",
+             f"Decoders of the pe_compare `{p['base']}` preset trained at L = {seq_len} tokens, seeds "
+             f"{', '.join(map(str, seeds))}; perplexity (mean ± std over seeds) on the same held-out tokens. "
+             f"Fine-tuning: {p['finetune_steps']} updates at {p['finetune_factor']}L, batch "
+             f"{max(1, base['batch_size'] // p['finetune_factor'])}, lr x0.1, constant.", ""]
+    for mode in ("non-overlapping", "sliding"):
+        rows = [{"method": method, **{f"{f}L = {f * seq_len}": _cell(by_factor.get(f, {}).get(mode, []))
+                                      for f in factors}} for method, by_factor in results.items()]
+        lines += [f"## {mode} windows", "", markdown_table(rows, list(rows[0])), ""]
+        curves = {method: [(f * seq_len, math.exp(mean_std(v[mode])[0])) for f, v in sorted(by_factor.items())
+                           if v[mode] and v[mode][0] is not None] for method, by_factor in results.items()}
+        plot_lines(curves, out / f"perplexity_{mode}.png", xlabel="evaluation length (tokens, log scale)",
+                   ylabel="perplexity (log scale)", title=f"Perplexity against evaluation length ({mode} windows)")
+        lines += [f"![{mode}](perplexity_{mode}.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
