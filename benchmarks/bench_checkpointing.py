@@ -2,7 +2,7 @@
 checkpointing, side by side in one run (each point in a fresh process; peak = the process's maximum resident set
 size minus its size just before the step).
 
-    python benchmarks/bench_checkpointing.py                      # 4 layers, 512 wide, 1 x 4096 and 1 x 8192
+    python benchmarks/bench_checkpointing.py          # 4 layers, 512 wide, 1 x 2048 and 1 x 4096 tokens
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def child(seq: int, layers: int, hidden: int, checkpointing: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", default="4096,8192")
+    parser.add_argument("--lengths", default="2048,4096")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

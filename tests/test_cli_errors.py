@@ -200,3 +200,12 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys
     assert trainer.resume() and trainer.step == 2
     assert "using the previous checkpoint" in capsys.readouterr().out
     json.loads((run_dir / "train_config.json").read_text())
+
+
+@pytest.mark.slow
+def test_experiments_write_to_runs_not_to_the_committed_reports(tmp_path):
+    require_data("enwik8")
+    result = run("experiment", "performer_lm", "--preset", "smoke", "--seeds", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "performer_lm" / "report.md").is_file()
+    assert not (tmp_path / "reports").exists()

@@ -73,6 +73,17 @@ def test_equals_dense_eq19(name, causal, use_rope, chunk, positions):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("rotary_dim", [4, 8])
+def test_both_pairings_and_partial_rotary_equal_dense(causal, interleaved, rotary_dim):
+    q, k, v = inputs(9)
+    rope = RotaryEmbedding(rotary_dim, interleaved=interleaved)
+    got = linear_attention(q, k, v, "elu", causal=causal, rope=rope, chunk_size=7, positions=torch.tensor([2, 9]))
+    expected = dense_eq19(q, k, v, lambda x: F.elu(x) + 1, rope, causal, torch.tensor([2, 9]))
+    assert relative_error(got, expected) < 1e-10
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_favor_is_exact_where_its_exponents_span_a_wide_range(causal):
     """q and k 3x larger: the raw features span about 30 orders of magnitude (exponents -70 .. 6), which the
     stabiliser must absorb without changing the result (at 4x the outputs reach 1e6, so ill-conditioned that

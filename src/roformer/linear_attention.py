@@ -27,8 +27,8 @@ running maximum differs between keys, so the sums carry the factor exp(g_n - g_m
 query m (as online softmax rescales its running sums): every output depends on its prefix only, exactly,
 whatever the later tokens are. The denominator is a sum of positive terms, so it keeps its relative precision
 at any scale; only an exact zero (every term underflowed) is replaced, unless a relative floor ``eps`` is
-asked for. The causal sums have their own backward (:class:`CausalProduct`): the gradient of a prefix sum is a
-suffix sum, recomputed chunk by chunk instead of stored.
+asked for. The causal sums have their own backward (:class:`CausalEq19`, which also rotates each chunk as it
+uses it): the gradient of a prefix sum is a suffix sum, recomputed chunk by chunk instead of stored.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import RotaryEmbedding
+from .rope import RotaryEmbedding, _rotate
 
-__all__ = ["linear_attention", "elu_feature_map", "FavorFeatures", "LinearAttention", "causal_product"]
+__all__ = ["linear_attention", "elu_feature_map", "FavorFeatures", "LinearAttention", "causal_product", "CausalEq19"]
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
@@ -103,93 +103,140 @@ def _chunk_weights(g: Tensor | None, s: int, e: int, upper: Tensor) -> Tensor | 
     return torch.exp((gc[..., None, :] - gc[..., :, None]).masked_fill(upper, -math.inf))
 
 
-def _causal_forward(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, chunk: int) -> Tensor:
-    b, h, n, f = q.shape
-    out = v.new_empty(b, h, n, v.shape[-1])
-    state = v.new_zeros(b, h, f, v.shape[-1])  # sum over past n of exp(g_n - g_end) k_n v_n^T
-    upper = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        qc, kc, vc, mask = q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], upper[: e - s, : e - s]
-        scores = qc @ kc.transpose(-1, -2)
-        weights = _chunk_weights(g, s, e, mask)
-        past = qc @ state
-        if weights is None:
-            out[:, :, s:e] = scores.masked_fill_(mask, 0.0) @ vc + past
-            state += kc.transpose(-1, -2) @ vc
+class _Chunks:
+    """The per-chunk views and helpers shared by the forward and backward passes of :class:`CausalEq19`."""
+
+    def __init__(self, pq, pk, v, cos, sin, interleaved, g, chunk):
+        self.pq, self.pk, self.v, self.cos, self.sin, self.g = pq, pk, v, cos, sin, g
+        self.interleaved, self.chunk, self.n = interleaved, chunk, pq.shape[2]
+        self.upper = torch.ones(chunk, chunk, dtype=torch.bool, device=pq.device).triu(1)
+
+    def starts(self):
+        return range(0, self.n, self.chunk)
+
+    def rotate(self, x: Tensor, s: int, e: int, inverse: bool = False) -> Tensor:
+        """R_m x for the chunk's positions (R_m^T x when ``inverse``); x itself without RoPE."""
+        if self.cos is None:
+            return x
+        cos, sin = self.cos[..., s:e, :], self.sin[..., s:e, :]
+        return _rotate(x, cos, -sin if inverse else sin, self.interleaved)
+
+    def weights(self, s: int, e: int) -> Tensor:
+        """exp(g_n - g_m) for n <= m inside the chunk, zero above the diagonal (a 0/1 mask without scales)."""
+        mask = self.upper[: e - s, : e - s]
+        if self.g is None:
+            return (~mask).to(self.pq.dtype)
+        return _chunk_weights(self.g, s, e, mask)
+
+    def carry(self, s: int, e: int) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        """(exp(g_prev - g_m) per query m of the chunk, exp(g_n - g_end) per key n, exp(g_prev - g_end)): how the
+        running sums, kept at the scale of the last position before / in the chunk, enter and leave it."""
+        if self.g is None:
+            return 1.0, 1.0, 1.0
+        gc, prev, end = self.g[..., s:e], self.g[..., max(s - 1, 0)], self.g[..., e - 1]
+        return (torch.exp(prev[..., None] - gc)[..., None], torch.exp(gc - end[..., None])[..., None],
+                torch.exp(prev - end)[..., None, None])
+
+
+def _eq19_forward(c: _Chunks, with_denominator: bool) -> tuple[Tensor, Tensor | None]:
+    b, h, n, f = c.pq.shape
+    num = c.v.new_empty(b, h, n, c.v.shape[-1])
+    den = c.pq.new_empty(b, h, n) if with_denominator else None
+    state = c.v.new_zeros(b, h, f, c.v.shape[-1])  # sum over past n of exp(g_n - g_prev) (R_n k_n) v_n^T
+    key_sum = c.pq.new_zeros(b, h, 1, f)  # sum over past n of exp(g_n - g_prev) k_n
+    for s in c.starts():
+        e = min(s + c.chunk, n)
+        qc, kc, vc = c.pq[:, :, s:e], c.pk[:, :, s:e], c.v[:, :, s:e]
+        rq, rk = c.rotate(qc, s, e), c.rotate(kc, s, e)
+        w = c.weights(s, e)
+        into, out_of, across = c.carry(s, e)
+        num[:, :, s:e] = ((rq @ rk.transpose(-1, -2)) * w) @ vc + (rq @ state) * into
+        if with_denominator:  # the un-rotated sums of Eq. 19's denominator
+            den[:, :, s:e] = ((qc @ kc.transpose(-1, -2)) * w).sum(-1) + (qc * key_sum).sum(-1) * into[..., 0] \
+                if c.g is not None else (qc * (kc.cumsum(-2) + key_sum)).sum(-1)
+            key_sum = key_sum * across + (kc * out_of).sum(-2, keepdim=True)
+        state = state * across + (rk * out_of).transpose(-1, -2) @ vc
+    return num, den
+
+
+def _eq19_backward(c: _Chunks, d_num: Tensor, d_den: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    b, h, n, f = c.pq.shape
+    dq, dk, dv = torch.empty_like(c.pq), torch.empty_like(c.pk), torch.empty_like(c.v)
+    # prefix sums, forward order: d q_m = sum_{n <= m} w_mn [(dnum_m . v_n) R_m^T R_n k_n + dden_m k_n]
+    state = c.v.new_zeros(b, h, c.v.shape[-1], f)  # sum over past n of exp(g_n - g_prev) v_n (R_n k_n)^T
+    key_sum = c.pq.new_zeros(b, h, 1, f)
+    for s in c.starts():
+        e = min(s + c.chunk, n)
+        kc, vc, dc = c.pk[:, :, s:e], c.v[:, :, s:e], d_num[:, :, s:e]
+        rk = c.rotate(kc, s, e)
+        w = c.weights(s, e)
+        into, out_of, across = c.carry(s, e)
+        d_rq = ((dc @ vc.transpose(-1, -2)) * w) @ rk + (dc @ state) * into
+        dq[:, :, s:e] = c.rotate(d_rq, s, e, inverse=True)
+        if d_den is not None:
+            keys = w @ kc + key_sum * into if c.g is not None else kc.cumsum(-2) + key_sum
+            dq[:, :, s:e] += d_den[:, :, s:e, None] * keys
+            key_sum = key_sum * across + (kc * out_of).sum(-2, keepdim=True)
+        state = state * across + (vc * out_of).transpose(-1, -2) @ rk
+    # suffix sums, reverse order: d k_n and d v_n over m >= n; ``later`` is kept at the scale of g_e
+    later = c.pq.new_zeros(b, h, f, c.v.shape[-1])  # sum over m >= e of exp(g_e - g_m) (R_m q_m) dnum_m^T
+    later_den = c.pq.new_zeros(b, h, 1, f)  # sum over m >= e of exp(g_e - g_m) dden_m q_m
+    for s in reversed(c.starts()):
+        e = min(s + c.chunk, n)
+        qc, kc, vc, dc = c.pq[:, :, s:e], c.pk[:, :, s:e], c.v[:, :, s:e], d_num[:, :, s:e]
+        rq, rk = c.rotate(qc, s, e), c.rotate(kc, s, e)
+        w = c.weights(s, e)
+        if c.g is None:
+            to_later, back = 1.0, 1.0
         else:
-            gc, g_prev, g_end = g[..., s:e], g[..., max(s - 1, 0)], g[..., e - 1]
-            out[:, :, s:e] = (scores * weights) @ vc + past * torch.exp(g_prev[..., None] - gc)[..., None]
-            state = state * torch.exp(g_prev - g_end)[..., None, None] \
-                + (kc * torch.exp(gc - g_end[..., None])[..., None]).transpose(-1, -2) @ vc
-    return out
+            g_next = c.g[..., min(e, n - 1)]
+            to_later = torch.exp(c.g[..., s:e] - g_next[..., None])[..., None]  # exp(g_n - g_e) <= 1
+            back = torch.exp(c.g[..., s] - g_next)[..., None, None]
+            from_start = torch.exp(c.g[..., s, None] - c.g[..., s:e])[..., None]  # exp(g_s - g_m)
+        d_rk = ((dc @ vc.transpose(-1, -2)) * w).transpose(-1, -2) @ rq + (vc @ later.transpose(-1, -2)) * to_later
+        dv[:, :, s:e] = ((rq @ rk.transpose(-1, -2)) * w).transpose(-1, -2) @ dc + (rk @ later) * to_later
+        dk[:, :, s:e] = c.rotate(d_rk, s, e, inverse=True)
+        weighted_q = rq if c.g is None else rq * from_start
+        if d_den is not None:
+            dq_den = d_den[:, :, s:e, None] * qc
+            if c.g is None:
+                dk[:, :, s:e] += dq_den.flip(-2).cumsum(-2).flip(-2) + later_den
+            else:
+                dk[:, :, s:e] += w.transpose(-1, -2) @ dq_den + later_den * to_later
+            later_den = later_den * back + (dq_den if c.g is None else dq_den * from_start).sum(-2, keepdim=True)
+        later = later * back + weighted_q.transpose(-1, -2) @ dc
+    return dq, dk, dv
 
 
-def _causal_backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, grad: Tensor, chunk: int):
-    b, h, n, f = q.shape
-    gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    upper = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    starts = range(0, n, chunk)
-    # d q_m = sum_{n <= m} exp(g_n - g_m) (dout_m . v_n) k_n: a prefix sum, in forward order
-    state = k.new_zeros(b, h, v.shape[-1], f)  # sum over past n of exp(g_n - g_end) v_n k_n^T
-    for s in starts:
-        e = min(s + chunk, n)
-        kc, vc, dc, mask = k[:, :, s:e], v[:, :, s:e], grad[:, :, s:e], upper[: e - s, : e - s]
-        dv_scores = dc @ vc.transpose(-1, -2)
-        weights = _chunk_weights(g, s, e, mask)
-        if weights is None:
-            gq[:, :, s:e] = dv_scores.masked_fill_(mask, 0.0) @ kc + dc @ state
-            state += vc.transpose(-1, -2) @ kc
-        else:
-            gc, g_prev, g_end = g[..., s:e], g[..., max(s - 1, 0)], g[..., e - 1]
-            gq[:, :, s:e] = (dv_scores * weights) @ kc + (dc @ state) * torch.exp(g_prev[..., None] - gc)[..., None]
-            state = state * torch.exp(g_prev - g_end)[..., None, None] \
-                + (vc * torch.exp(gc - g_end[..., None])[..., None]).transpose(-1, -2) @ kc
-    # d k_n and d v_n: sums over m >= n, in reverse order; later = sum_{m >= e} exp(g_e - g_m) q_m dout_m^T
-    later = q.new_zeros(b, h, f, v.shape[-1])
-    for s in reversed(starts):
-        e = min(s + chunk, n)
-        qc, kc, vc, dc, mask = q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], grad[:, :, s:e], upper[: e - s, : e - s]
-        scores, dv_scores = qc @ kc.transpose(-1, -2), dc @ vc.transpose(-1, -2)
-        weights = _chunk_weights(g, s, e, mask)
-        if weights is None:
-            gk[:, :, s:e] = dv_scores.masked_fill_(mask, 0.0).transpose(-1, -2) @ qc + vc @ later.transpose(-1, -2)
-            gv[:, :, s:e] = scores.masked_fill_(mask, 0.0).transpose(-1, -2) @ dc + kc @ later
-            later += qc.transpose(-1, -2) @ dc
-        else:
-            gc, g_start = g[..., s:e], g[..., s]
-            to_later = torch.exp(gc - g[..., min(e, n - 1)][..., None])[..., None]  # exp(g_n - g_e) <= 1
-            gk[:, :, s:e] = (dv_scores * weights).transpose(-1, -2) @ qc + (vc @ later.transpose(-1, -2)) * to_later
-            gv[:, :, s:e] = (scores * weights).transpose(-1, -2) @ dc + (kc @ later) * to_later
-            later = later * torch.exp(g_start - g[..., min(e, n - 1)])[..., None, None] \
-                + (qc * torch.exp(g_start[..., None] - gc)[..., None]).transpose(-1, -2) @ dc
-    return gq, gk, gv
-
-
-class CausalProduct(torch.autograd.Function):
-    """out_m = sum_{n <= m} exp(g_n - g_m) (q_m . k_n) v_n over ``(batch, heads, seq, dim)`` tensors, chunk by
-    chunk: a chunk of C tokens exactly in O(C^2), the past through a running (features x value-dim) sum. ``g``
-    (batch, heads, seq), non-decreasing, or None for zeros: the log-scale of the keys' stabiliser, a constant
-    that the attention output does not depend on, so it gets no gradient. The backward recomputes the running
-    sums (forward order for dq, reverse order for dk and dv) and saves only the inputs."""
+class CausalEq19(torch.autograd.Function):
+    """The two causal sums of Eq. 19 over ``(batch, heads, seq, dim)`` features, chunk by chunk:
+    num_m = sum_{n <= m} w_mn (R_m q_m)^T (R_n k_n) v_n and den_m = sum_{n <= m} w_mn q_m^T k_n, with
+    w_mn = exp(g_n - g_m) (1 without stabiliser scales ``g``). A chunk of C tokens is exact in O(C^2), the past
+    enters through running (features x value-dim) sums. The rotation (cos/sin of the positions, or none) is
+    applied to each chunk as it is used and never stored; the backward recomputes rotations and running sums
+    (forward order for dq, reverse order for dk and dv: the gradient of a prefix sum is a suffix sum) and saves
+    only the inputs. ``g`` is a constant the attention output does not depend on: it gets no gradient."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, chunk):
-        ctx.save_for_backward(q, k, v, g)
-        ctx.chunk = chunk
-        return _causal_forward(q, k, v, g, chunk)
+    def forward(ctx, q, k, v, cos, sin, interleaved, g, chunk, with_denominator):
+        ctx.save_for_backward(q, k, v, cos, sin, g)
+        ctx.interleaved, ctx.chunk = interleaved, chunk
+        num, den = _eq19_forward(_Chunks(q, k, v, cos, sin, interleaved, g, chunk), with_denominator)
+        return (num, den) if with_denominator else num
 
     @staticmethod
-    def backward(ctx, grad):
-        q, k, v, g = ctx.saved_tensors
-        return *_causal_backward(q, k, v, g, grad.contiguous(), ctx.chunk), None, None
+    def backward(ctx, d_num, d_den=None):
+        q, k, v, cos, sin, g = ctx.saved_tensors
+        c = _Chunks(q, k, v, cos, sin, ctx.interleaved, g, ctx.chunk)
+        dq, dk, dv = _eq19_backward(c, d_num.contiguous(), None if d_den is None else d_den.contiguous())
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def causal_product(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, chunk_size: int = 64) -> Tensor:
-    """sum_{n <= m} exp(g_n - g_m) (q_m . k_n) v_n for every m (see :class:`CausalProduct`)."""
+    """sum_{n <= m} exp(g_n - g_m) (q_m . k_n) v_n for every m (the numerator of :class:`CausalEq19`)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    return CausalProduct.apply(q, k, v, None if g is None else g.detach(), chunk_size)
+    return CausalEq19.apply(q, k, v, None, None, True, None if g is None else g.detach(), chunk_size, False)
 
 
 def _positive_features(feature_map, q: Tensor, k: Tensor, causal: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -245,19 +292,20 @@ def linear_attention(
     q, k, v = q.to(compute), k.to(compute), v.to(compute)
     if rope is not None and rope_mode == "before_feature_map":
         q, k = rope(q, k, positions)
+    if causal and chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     pq, pk, g = _positive_features(feature_map, q, k, causal)
-    rq, rk = pq, pk
-    if rope is not None and rope_mode == "eq19":
-        if rope.dim > pq.shape[-1]:
-            raise ValueError(f"rotary dim {rope.dim} exceeds the feature dim {pq.shape[-1]}")
-        rq, rk = rope(pq, pk, positions)
-    if causal:
-        num = causal_product(rq, rk, v, g, chunk_size)
-        if g is None:  # un-scaled keys: the denominator's key sums are a plain prefix sum
-            den = (pq * pk.cumsum(-2)).sum(-1)
-        else:
-            den = causal_product(pq, pk, pk.new_ones(*pk.shape[:-1], 1), g, chunk_size)[..., 0]
+    eq19 = rope is not None and rope_mode == "eq19"
+    if eq19 and rope.dim > pq.shape[-1]:
+        raise ValueError(f"rotary dim {rope.dim} exceeds the feature dim {pq.shape[-1]}")
+    if causal:  # rotation and both sums in one pass over the chunks (CausalEq19)
+        cos = sin = None
+        if eq19:
+            # (a partial rotary dim rotates the first rope.dim features; the rest pass through)
+            cos, sin = (t.to(compute) for t in rope.cos_sin(pq.shape[-2], positions, pq.device))
+        num, den = CausalEq19.apply(pq, pk, v, cos, sin, rope.interleaved if eq19 else True, g, chunk_size, True)
     else:
+        rq, rk = rope(pq, pk, positions) if eq19 else (pq, pk)
         num = rq @ (rk.transpose(-1, -2) @ v)
         den = (pq @ pk.sum(-2)[..., None])[..., 0]
     if eps is None:

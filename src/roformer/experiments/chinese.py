@@ -183,7 +183,7 @@ def _finetune(model_dir: Path, scm: dict[str, Triplets], max_len: int, p: dict, 
     return out
 
 
-def run(preset: str = "small", data_dir=None, out: str | Path = "reports/chinese", resume: bool = False,
+def run(preset: str = "small", data_dir=None, out: str | Path = "runs/chinese", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
     p = choose_preset(PRESETS, preset)
     if max_steps:  # shortens every pre-training stage (smoke checks of a preset)

@@ -253,7 +253,7 @@ def _cell(result: dict) -> str:
     return f"{result['mean']:.1f} ± {result['std']:.1f}"
 
 
-def run(preset: str = "small", data_dir=None, out: str | Path = "reports/glue", resume: bool = False,
+def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         models: str | Path = "reports/mlm", tasks=TABLE2_ORDER) -> dict:
     """Table 2: fine-tune the BERT baseline and RoFormer pre-trained by ``roformer experiment mlm`` (found in

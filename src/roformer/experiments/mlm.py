@@ -105,7 +105,7 @@ def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "smal
     return _pretrain_one(position, tok, functions, p, train_config, out, resume)
 
 
-def run(preset: str = "small", data_dir=None, out: str | Path = "reports/mlm", resume: bool = False,
+def run(preset: str = "small", data_dir=None, out: str | Path = "runs/mlm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
     p = choose_preset(PRESETS, preset)
     out = Path(out)

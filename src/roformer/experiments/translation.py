@@ -109,7 +109,7 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     return score.score, str(metric.get_signature())
 
 
-def run(preset: str = "small", data_dir=None, out: str | Path = "reports/translation", resume: bool = False,
+def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translation", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
     p = choose_preset(PRESETS, preset)
     out = Path(out)
