@@ -97,7 +97,7 @@ def test_inputs_and_models(tmp_path, byte_model):
     assert_error(run("generate", "--model", broken), "model.safetensors")
     (broken / "config.json").write_text('{"vocab_size": 256,')
     assert_error(run("generate", "--model", broken), str(broken / "config.json"), "not valid JSON")
-    assert_error(run("generate", "--model", tmp_path / "nowhere"), "no config.json")
+    assert_error(run("generate", "--model", tmp_path / "nowhere"), "not a model directory")
 
 
 def test_experiment_options_it_does_not_take():

@@ -28,14 +28,14 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _save_plot(fig, ax, out_png: str | Path, title: str, ylabel: str) -> Path:
-    """Label the axes (training step against ``ylabel``), title, grid and legend; write the PNG."""
+def _save_plot(fig, ax, out_png: str | Path, title: str, ylabel: str, xlabel: str = "training step") -> Path:
+    """Label the axes, title, grid and legend; write the PNG."""
     import matplotlib.pyplot as plt
 
-    ax.set_xlabel("training step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
@@ -199,14 +199,4 @@ def plot_lines(curves: dict[str, list[tuple[float, float]]], out_png: str | Path
     if log:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _save_plot(fig, ax, out_png, title, ylabel, xlabel)

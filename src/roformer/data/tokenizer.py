@@ -156,7 +156,23 @@ def _jieba_words(text: str) -> list[str]:
     return jieba.lcut(text, HMM=False)
 
 
-class RoFormerTokenizer:
+class _Vocabulary:
+    """Token <-> id lookups over ``self.vocab`` (a list) and ``self.ids`` (its inverse), as tokenizers names them."""
+
+    vocab: list[str]
+    ids: dict[str, int]
+
+    def get_vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.ids.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.vocab[i]
+
+
+class RoFormerTokenizer(_Vocabulary):
     """The tokenisation of the published Chinese RoFormer checkpoints (``RoFormerTokenizer``'s documented
     algorithm): lower-case, segment with jieba (HMM off); a word found in the vocabulary is one token, any other
     word goes through BERT's basic tokenisation and WordPiece. Its vocabulary (a BERT ``vocab.txt``) holds
@@ -208,15 +224,6 @@ class RoFormerTokenizer:
             out += token[2:] if token.startswith("##") else token
         return out
 
-    def get_vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.ids.get(token)
-
-    def id_to_token(self, i: int) -> str:
-        return self.vocab[i]
-
     @staticmethod
     def is_word_vocabulary(vocab: list[str]) -> bool:
         """A vocab.txt in the published checkpoints' format: it has multi-character Chinese words."""
@@ -244,7 +251,7 @@ def _read_vocab(path: Path) -> list[str]:
         else path.read_text(encoding="utf-8").split("\n")
 
 
-class ChineseTokenizer:
+class ChineseTokenizer(_Vocabulary):
     """The Chinese recipe's tokenizers (§4.5), with their vocabulary builder: word level (``word_level``, WoBERT /
     RoFormer) tokenises exactly as :class:`RoFormerTokenizer` (jieba words found in a vocabulary of the most
     frequent words plus the characters; other words through BERT's basic tokenisation and WordPiece, which for
@@ -292,15 +299,6 @@ class ChineseTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return "".join(self.vocab[i] for i in ids if i >= len(BERT_SPECIALS))
-
-    def get_vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.ids.get(token)
-
-    def id_to_token(self, i: int) -> str:
-        return self.vocab[i]
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, word_level: bool = True) -> ChineseTokenizer:
