@@ -8,7 +8,9 @@ data set and never enters pre-training.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import random
 import re
 import zlib
@@ -54,10 +56,61 @@ def load_chinese_documents(mirror: str | Path | None = None, limit: int | None =
     return splits
 
 
-def load_scm(mirror: str | Path | None = None) -> dict[str, list[tuple[str, str, str]]]:
-    """CAIL2019-SCM (A, B, C) triplets, B the case closer to A; 6:2:2 train / validation / test by row order
-    after a shuffle with seed 0 (as the registry states)."""
-    path = next(iter(resolve("cail2019_scm", mirror).values()))
+def document_partition(triplets: list[tuple[str, str, str]], min_eval: int = 40, iterations: int = 1_000_000,
+                       seed: int = 0) -> list[int]:
+    """A split of the *documents* into train (0), validation (1) and test (2) that keeps as many triplets as it
+    can whole inside one part, with at least ``min_eval`` triplets in validation and in test; triplets that
+    cross parts are dropped. The public CAIL2019-SCM sample has 500 triplets over 227 documents in one
+    connected group, so a split by triplet puts every test document in training too. This is simulated
+    annealing over the document labels (deterministic for a seed); the score counts the train triplets and
+    validation / test up to ``min_eval`` (so the rest goes to training), minus 10 per missing evaluation triplet.
+    Returns the part of each triplet, -1 for dropped."""
+    docs: dict[str, int] = {}
+    rows = [tuple(docs.setdefault(t, len(docs)) for t in row) for row in triplets]
+    touching: list[list[int]] = [[] for _ in docs]
+    for i, row in enumerate(rows):
+        for d in set(row):
+            touching[d].append(i)
+    label = [0] * len(docs)
+
+    def part(i: int) -> int:
+        a, b, c = (label[d] for d in rows[i])
+        return a if a == b == c else -1
+
+    def score(kept: list[int]) -> int:
+        return kept[0] + sum(min(k, min_eval) - 10 * max(0, min_eval - k) for k in kept[1:])
+
+    rng, kept = random.Random(seed), [len(rows), 0, 0]
+    current = score(kept)
+    best, best_label = current, label[:]
+    for step in range(iterations):
+        temperature = 3.0 * (0.01 / 3.0) ** (step / iterations)
+        d, new = rng.randrange(len(docs)), rng.randrange(3)
+        old = label[d]
+        if new == old:
+            continue
+        before = [part(i) for i in touching[d]]
+        label[d] = new
+        moved = kept[:]
+        for p in before:
+            if p >= 0:
+                moved[p] -= 1
+        for p in (part(i) for i in touching[d]):
+            if p >= 0:
+                moved[p] += 1
+        candidate = score(moved)
+        if candidate >= current or rng.random() < math.exp((candidate - current) / temperature):
+            kept, current = moved, candidate
+            if current > best:
+                best, best_label = current, label[:]
+        else:
+            label[d] = old
+    label = best_label
+    return [part(i) for i in range(len(rows))]
+
+
+@functools.lru_cache(maxsize=4)
+def _scm_rows(path: str) -> tuple[tuple[str, str, str], ...]:
     rows = []
     for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
         if not line.strip():
@@ -66,6 +119,25 @@ def load_scm(mirror: str | Path | None = None) -> dict[str, list[tuple[str, str,
         if not all(isinstance(r.get(k), str) and r[k].strip() for k in "ABC"):
             raise ValueError(f"{path}: line {i + 1} lacks one of the texts A, B, C")
         rows.append((r["A"], r["B"], r["C"]))
-    random.Random(0).shuffle(rows)
-    a, b = len(rows) * 6 // 10, len(rows) * 8 // 10
-    return {"train": rows[:a], "validation": rows[a:b], "test": rows[b:]}
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _scm_split(path: str) -> dict[str, list[tuple[str, str, str]]]:
+    rows = list(_scm_rows(path))
+    # the best of three annealing runs: the one that keeps the most training triplets
+    parts = max((document_partition(rows, seed=seed) for seed in range(3)), key=lambda ps: ps.count(0))
+    splits = {name: [row for row, p in zip(rows, parts, strict=True) if p == k]
+              for k, name in enumerate(("train", "validation", "test"))}
+    for name in splits:  # the order within a split: a fixed shuffle, as before
+        random.Random(0).shuffle(splits[name])
+    return splits
+
+
+def load_scm(mirror: str | Path | None = None) -> dict[str, list[tuple[str, str, str]]]:
+    """CAIL2019-SCM (A, B, C) triplets, B the case closer to A, split *by document* (:func:`document_partition`):
+    no document of a validation or test triplet is in any training triplet. Of the sample's 500 triplets this
+    keeps about 170 / 40 / 40 and drops the rest, which cross the partition (the counts are in the report): a
+    test of 40 triplets has a standard error of about 8 accuracy points, so it can show only large gaps."""
+    path = next(iter(resolve("cail2019_scm", mirror).values()))
+    return {name: list(rows) for name, rows in _scm_split(str(path)).items()}
