@@ -50,7 +50,7 @@ PRESETS = {
                   vocab=50000, char_vocab=21128, documents=None, eval_sequences=1000,
                   # Table 4 of the paper: (maximum length, batch size, steps) per stage
                   stages=[(512, 256, 200_000), (1536, 256, 12_500), (256, 256, 120_000), (128, 512, 80_000),
-                          (1536, 16, 10_000), (512, 512, 30_000)],
+                          (1536, 256, 10_000), (512, 512, 30_000)],
                   baseline_stages=[(512, 256, 200_000)],
                   pretrain=dict(lr=1e-5, warmup_steps=1000, log_every=100, dtype="bfloat16"),
                   lengths=(512, 1024), baseline_length=512, triplets=(None, None, None),
@@ -60,7 +60,7 @@ PRESETS = {
 # the paper's figures, quoted for reference: Table 4 (stage, loss, MLM accuracy), Table 5 (validation, test)
 PAPER_TABLE4 = [(1, 512, 256, "200k", "1.73", "65.0%"), (2, 1536, 256, "12.5k", "1.61", "66.8%"),
                 (3, 256, 256, "120k", "1.75", "64.6%"), (4, 128, 512, "80k", "1.83", "63.4%"),
-                (5, 1536, 16, "10k", "1.58", "67.4%"), (6, 512, 512, "30k", "1.66", "66.2%")]
+                (5, 1536, 256, "10k", "1.58", "67.4%"), (6, 512, 512, "30k", "1.66", "66.2%")]
 PAPER_TABLE5 = {"BERT-512": ("64.13%", "67.77%"), "WoBERT-512": ("64.07%", "68.10%"),
                 "RoFormer-512": ("64.13%", "68.29%"), "RoFormer-1024": ("66.07%", "69.79%")}
 
