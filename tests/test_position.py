@@ -143,3 +143,31 @@ def test_sinusoidal_scales_token_embeddings_by_sqrt_d():
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     table = pe.embed(torch.zeros_like(x), 3)
     torch.testing.assert_close(pe.embed(x, 3), x * 4.0 + table)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_shaw_is_shaw_et_al_with_key_and_value_terms_per_layer(causal):
+    """Against Shaw et al.'s Eq. 3-4 written out term by term in float64:
+    e_mn = q_m . (k_n + a^K_clip(n-m)) / sqrt(d), z_m = sum_n softmax_n(e_mn) (v_n + a^V_clip(n-m)),
+    with a table of each per layer (and clipping at k = 3 here)."""
+    torch.manual_seed(0)
+    pe = build_position("shaw", hidden_size=16, num_heads=2, head_dim=8, causal=causal, shaw_max_distance=3,
+                        num_layers=2).double()
+    attn = MultiHeadAttention(16, 2).double().eval()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    pos = pe.attention(9, 9, 0, x.device)
+    q, k, v = attn.qkv(x).view(2, 9, 3, 2, 8).transpose(1, 3).unbind(2)
+    for layer in (0, 1):
+        expected = torch.zeros(2, 2, 9, 8, dtype=torch.float64)
+        for m in range(9):
+            keys = [n for n in range(9) if not causal or n <= m]
+            r = [min(max(n - m, -3), 3) + 3 for n in keys]
+            a_k, a_v = pe.keys[layer].weight[r], pe.values[layer].weight[r]
+            e = torch.einsum("bhd,nbhd->bhn", q[:, :, m], (k[:, :, keys].permute(2, 0, 1, 3) + a_k[:, None, None]))
+            alpha = (e / 8 ** 0.5).softmax(-1)
+            expected[:, :, m] = torch.einsum("bhn,nbhd->bhd", alpha, v[:, :, keys].permute(2, 0, 1, 3)
+                                             + a_v[:, None, None])
+        expected = attn.out(expected.transpose(1, 2).reshape(2, 9, 16))
+        got = attn(x, pos, is_causal=causal, layer=layer)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(attn(x, pos, is_causal=causal, layer=0), attn(x, pos, is_causal=causal, layer=1))

@@ -130,8 +130,10 @@ class MultiHeadAttention(nn.Module):
                 if self.rotary_value:
                     v = apply_rotary(v, cos, sin, self.interleaved)
             score_bias = pos.bias
-            if pos.shaw_keys is not None:  # q_m . a_(n-m), scaled like q . k
-                shaw = torch.einsum("bhqd,qkd->bhqk", q, pos.shaw_keys.to(q.dtype)) / math.sqrt(self.head_dim)
+            if pos.shaw is not None:  # Shaw et al.'s key term q_m . a^K_(n-m), scaled like q . k
+                shaw_values = pos.shaw.values[layer](pos.shaw_index).to(q.dtype)
+                shaw = torch.einsum("bhqd,qkd->bhqk", q, pos.shaw.keys[layer](pos.shaw_index).to(q.dtype))
+                shaw = shaw / math.sqrt(self.head_dim)
                 score_bias = shaw if score_bias is None else score_bias + shaw
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
@@ -141,6 +143,12 @@ class MultiHeadAttention(nn.Module):
             bias = score_bias.to(q.dtype) if bias is None else bias.to(q.dtype) + score_bias.to(q.dtype)
         elif bias is not None:
             bias = bias.to(q.dtype)
+        if pos is not None and pos.shaw is not None:
+            # and its value term sum_n p_mn a^V_(n-m): the probabilities are needed, so no fused kernel here
+            p = F.dropout(((q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias).softmax(-1), self.dropout,
+                          self.training)
+            y = p @ v + torch.einsum("bhqk,qkd->bhqd", p, shaw_values)
+            return self.out(y.transpose(1, 2).reshape(batch, seq, -1))
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -348,7 +348,7 @@ class LinearAttention(nn.Module):
                 layer: int = 0) -> Tensor:
         if kv_cache is not None or bias is not None:
             raise ValueError("linear attention here takes neither a KV cache nor a padding mask")
-        if pos is not None and (pos.bias is not None or pos.shaw_keys is not None):
+        if pos is not None and (pos.bias is not None or pos.shaw is not None):
             raise ValueError("linear attention has no score matrix to add a relative bias to: use rope, an "
                              "absolute encoding or none")
         batch, seq, _ = x.shape

@@ -4,8 +4,8 @@ A position encoding can act in two places, and each scheme uses one:
 - on the input, adding a vector per absolute position to the token embeddings (``embed``):
   ``learned`` (BERT / GPT, Eq. 3 with trainable p_i) and ``sinusoidal`` (Vaswani et al., Eq. 4);
 - inside attention (``attention``), through a :class:`PositionalAttention` handed to every layer:
-  ``rope`` rotates q and k (Eq. 16); ``shaw`` adds q_m . a_clip(n-m) to the score (Shaw et al., Eq. 5-6,
-  relative key embeddings clipped at a maximum distance); ``t5`` adds a learnt per-head bias of the bucketed
+  ``rope`` rotates q and k (Eq. 16); ``shaw`` adds q_m . a^K_clip(n-m) to the score and a^V_clip(n-m) to the
+  values (Shaw et al., per-layer tables clipped at a maximum distance; the paper's Eq. 5-6); ``t5`` adds a learnt per-head bias of the bucketed
   relative distance (Raffel et al., Eq. 10's b_(i,j)); ``alibi`` (beyond the paper) adds -slope_h * |m - n|.
 ``none`` does neither. Relative schemes depend on n - m only, so a shift of every position leaves every
 score unchanged; tests check that for each.
@@ -33,7 +33,8 @@ class PositionalAttention:
     offset: int | Tensor | None = None  # positions of the new tokens (RotaryEmbedding's forms)
     rope: tuple[Tensor, Tensor] | None = None  # cos, sin for the new tokens (head-dim RoPE is on)
     bias: Tensor | None = None  # additive score bias broadcastable to (batch, heads, q, k)
-    shaw_keys: Tensor | None = None  # (q, k, head_dim) relative key embeddings a_(m, n)
+    shaw: ShawRelative | None = None  # Shaw et al.'s per-layer relative key and value tables ...
+    shaw_index: Tensor | None = None  # ... and the (q, k) index of clip(n - m) into them
 
 
 class PositionEncoding(nn.Module):
@@ -129,21 +130,27 @@ def _relative(q_len: int, k_len: int, device) -> Tensor:
 
 
 class ShawRelative(PositionEncoding):
-    """Shaw et al. (2018): a learnt vector a_r per clipped relative distance r = clip(n - m, -k, k), added to
-    the keys inside each head: score_(m,n) = q_m . (k_n + a_(n-m)) / sqrt(d). (The value-side term of
-    Shaw et al. is left out, as in most later use and in the paper's Eq. 5 comparison of the key term.)"""
+    """Shaw et al. (2018), as published: learnt vectors a^K_r and a^V_r per clipped relative distance
+    r = clip(n - m, -k, k), one table of each per layer, shared by the heads of that layer:
+
+        e_mn = q_m . (k_n + a^K_(n-m)) / sqrt(d),    z_m = sum_n softmax_n(e_mn) (v_n + a^V_(n-m))
+
+    (their Eq. 3-4; the paper under study writes the key term as its Eq. 5). ``max_distance`` is the clipping
+    distance k (16 by default, the value Shaw et al. used for their base model)."""
 
     name = "shaw"
 
-    def __init__(self, head_dim: int, max_distance: int = 16):
+    def __init__(self, head_dim: int, max_distance: int = 16, num_layers: int = 1):
         super().__init__()
         self.max_distance = max_distance
-        self.keys = nn.Embedding(2 * max_distance + 1, head_dim)
-        nn.init.normal_(self.keys.weight, std=0.02)
+        self.keys = nn.ModuleList(nn.Embedding(2 * max_distance + 1, head_dim) for _ in range(num_layers))
+        self.values = nn.ModuleList(nn.Embedding(2 * max_distance + 1, head_dim) for _ in range(num_layers))
+        for table in [*self.keys, *self.values]:
+            nn.init.normal_(table.weight, std=0.02)
 
     def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
         rel = _relative(q_len, k_len, device).clamp(-self.max_distance, self.max_distance) + self.max_distance
-        return PositionalAttention(offset=offset, shaw_keys=self.keys(rel))
+        return PositionalAttention(offset=offset, shaw=self, shaw_index=rel)
 
     @property
     def has_score_bias(self) -> bool:
@@ -232,7 +239,8 @@ def _with_length(rope_parameters: dict | None, max_positions: int) -> dict | Non
 
 def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int, causal: bool,
                    max_positions: int = 1024, rope_theta: float = 10000.0, rotary_dim: int | None = None,
-                   shaw_max_distance: int = 16, rope_parameters: dict | None = None) -> PositionEncoding:
+                   shaw_max_distance: int = 16, rope_parameters: dict | None = None,
+                   num_layers: int = 1) -> PositionEncoding:
     if rope_parameters and name != "rope":
         raise ValueError(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {name!r}")
     if name == "none":
@@ -244,7 +252,7 @@ def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int
     if name == "rope":
         return Rotary(rotary_dim or head_dim, rope_theta, scaling=_with_length(rope_parameters, max_positions))
     if name == "shaw":
-        return ShawRelative(head_dim, shaw_max_distance)
+        return ShawRelative(head_dim, shaw_max_distance, num_layers)
     if name == "t5":
         return T5RelativeBias(num_heads, bidirectional=not causal)
     if name == "alibi":

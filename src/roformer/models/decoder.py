@@ -72,7 +72,8 @@ class DecoderLM(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.hidden_size)
         self.position = build_position(c.position, hidden_size=c.hidden_size, num_heads=c.num_heads,
                                        head_dim=head_dim, causal=True, max_positions=c.max_positions,
-                                       rope_theta=c.rope_theta, rope_parameters=c.rope_parameters)
+                                       rope_theta=c.rope_theta, rope_parameters=c.rope_parameters,
+                                       num_layers=c.num_layers)
         self.dropout = nn.Dropout(c.dropout)
 
         def attention():

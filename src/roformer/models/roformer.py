@@ -314,7 +314,7 @@ class RoFormerModel(RoFormerPreTrainedModel):
         self.position = build_position(
             c.position, hidden_size=c.embedding_size, num_heads=c.num_attention_heads, head_dim=c.head_dim,
             causal=c.is_decoder, max_positions=c.max_position_embeddings, rope_theta=c.rope_theta,
-            rope_parameters=c.rope_parameters,
+            rope_parameters=c.rope_parameters, num_layers=c.num_hidden_layers,
         )
         self.layers = nn.ModuleList(
             TransformerBlock(

@@ -2,8 +2,8 @@
 6 + 6 layers, 512 wide, 8 heads, FFN 2048, post-LayerNorm, ReLU) with the position encoding as a switch.
 
 ``position``: rope (RoFormer: rotation in the self-attention of encoder and decoder, none in the
-cross-attention) | sinusoidal (Vaswani et al.) | learned | shaw (Shaw et al. relative keys, the journal
-version's "RPE" row) | any other of ``roformer.position``.
+cross-attention) | sinusoidal (Vaswani et al.) | learned | shaw (Shaw et al. relative keys and values, per
+layer, the journal version's "RPE" row) | any other of ``roformer.position``.
 
 One BPE vocabulary is shared by source and target, and one embedding matrix serves the encoder input, the
 decoder input and the output projection (tied). Token embeddings are scaled by sqrt(d) for every variant.
@@ -67,15 +67,16 @@ class Seq2SeqTransformer(nn.Module):
         d = c.hidden_size
         self.embed = nn.Embedding(c.vocab_size, d, padding_idx=c.pad_token_id)
 
-        def position(causal: bool):
+        def position(causal: bool, num_layers: int):
             p = build_position(c.position, hidden_size=d, num_heads=c.num_heads, head_dim=d // c.num_heads,
                                causal=causal, max_positions=c.max_positions, rope_theta=c.rope_theta,
-                               shaw_max_distance=c.shaw_max_distance)
+                               shaw_max_distance=c.shaw_max_distance, num_layers=num_layers)
             if isinstance(p, SinusoidalAbsolute):
                 p.scale_embeddings = False  # scaled below for every variant
             return p
 
-        self.encoder_position, self.decoder_position = position(False), position(True)
+        self.encoder_position = position(False, c.encoder_layers)
+        self.decoder_position = position(True, c.decoder_layers)
         self.dropout = nn.Dropout(c.dropout)
         self.encoder = nn.ModuleList(
             TransformerBlock(d, c.num_heads, c.intermediate_size, c.hidden_act, c.dropout, c.attention_dropout,
