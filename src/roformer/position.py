@@ -5,8 +5,9 @@ A position encoding can act in two places, and each scheme uses one:
   ``learned`` (BERT / GPT, Eq. 3 with trainable p_i) and ``sinusoidal`` (Vaswani et al., Eq. 4);
 - inside attention (``attention``), through a :class:`PositionalAttention` handed to every layer:
   ``rope`` rotates q and k (Eq. 16); ``shaw`` adds q_m . a^K_clip(n-m) to the score and a^V_clip(n-m) to the
-  values (Shaw et al., per-layer tables clipped at a maximum distance; the paper's Eq. 5-6); ``t5`` adds a learnt per-head bias of the bucketed
-  relative distance (Raffel et al., Eq. 10's b_(i,j)); ``alibi`` (beyond the paper) adds -slope_h * |m - n|.
+  values (Shaw et al., per-layer tables clipped at a maximum distance; the paper's Eq. 5-6); ``t5`` adds a
+  learnt per-head bias of the bucketed relative distance (Raffel et al., Eq. 10's b_(i,j)); ``alibi`` (beyond
+  the paper) adds -slope_h * |m - n|.
 ``none`` does neither. Relative schemes depend on n - m only, so a shift of every position leaves every
 score unchanged; tests check that for each.
 """
