@@ -331,6 +331,8 @@ def _download(dataset: Dataset, file: DataFile, target: Path) -> None:
                 f"{digest[:16]}..., expected {file.sha256[:16]}...); it was deleted, try again or use a mirror")
         os.chmod(tmp, umask_mode())
         os.replace(tmp, target)
+    except DataUnavailable:
+        raise
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         fetched.unlink(missing_ok=True)
         raise DataUnavailable(f"data set {dataset.name!r}: the download from {file.url} is damaged ({e}); it was "
