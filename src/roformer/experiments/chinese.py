@@ -278,7 +278,7 @@ def _write_report(out: Path, p: dict, preset: str, command: str, toks: dict, doc
         "Each stage starts from the previous stage's weights; loss and accuracy are on held-out documents packed "
         "at the stage's length, with a fixed masking.", "",
         markdown_table(stage_rows, list(stage_rows[0])), "",
-        "The paper's Table 4 (RoFormer, Chinese base model), quoted for reference:", "",
+        "The paper's Table 4 (arXiv v5; RoFormer, Chinese base model), quoted for reference:", "",
         markdown_table(paper4, list(paper4[0])), "", "![pre-training](pretraining.png)", "",
         "## CAIL2019-SCM (Table 5)", "",
         f"{counts['train']} / {counts['validation']} / {counts['test']} triplets (the 500 of the "
@@ -291,6 +291,7 @@ def _write_report(out: Path, p: dict, preset: str, command: str, toks: dict, doc
         markdown_table(table5_rows, list(table5_rows[0])), "",
         f"The row `{list(runs)[1]}` evaluated at {max(p['lengths'])} is the model fine-tuned at "
         f"{min(p['lengths'])} given longer inputs than it was fine-tuned on (RoPE has no maximum length).", "",
-        "The paper's Table 5, quoted for reference:", "", markdown_table(paper5, ["model", "validation", "test"]), "",
+        "The paper's Table 5 (arXiv v5), quoted for reference:", "",
+        markdown_table(paper5, ["model", "validation", "test"]), "",
     ]
     (out / "report.md").write_text("\n".join(text))

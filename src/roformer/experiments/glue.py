@@ -299,7 +299,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
         f"{p['max_len']} tokens (pairs truncated longest-first), learning rates {', '.join(map(str, p['lrs']))} "
         f"x {p['seeds']} seeds; the learning rate with the best mean validation score is reported as mean ± std "
         "over its seeds (x100). The majority-class row always predicts the most frequent training label: the "
-        "floor a model must beat. The paper's rows are its Table 2 (BERT-base scale, full training sets), "
+        "floor a model must beat. The paper's rows are its arXiv v5 Table 2 (BERT-base scale, full training sets), "
         "quoted for reference, not comparable in scale.", "",
         markdown_table(rows, list(rows[0])), "", "![GLUE scores](glue.png)", "", "Data:", *notes, "",
     ]
