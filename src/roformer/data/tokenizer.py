@@ -277,12 +277,7 @@ class ChineseTokenizer(_Vocabulary):
         text = text.lower()
         if not word_level:
             return [ch for ch in text if not ch.isspace()]
-        import logging
-
-        import jieba
-
-        jieba.setLogLevel(logging.WARNING)
-        return [w for w in jieba.lcut(text, HMM=False) if w.strip()]
+        return [w for w in _jieba_words(text) if w.strip()]
 
     def tokenize(self, text: str) -> list[str]:
         if self.word_level:  # exactly the published checkpoints' RoFormerTokenizer, over this vocabulary
