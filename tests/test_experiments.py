@@ -101,3 +101,20 @@ def test_extrapolation_smoke(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "n/a" in report and "fine-tuned at 2L" in report
     assert (tmp_path / "perplexity_sliding.png").stat().st_size > 10_000
+
+
+def test_optimizers_smoke(tmp_path):
+    require_data("enwiki")
+    assert main(["experiment", "optimizers", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert set(runs) == {f"{e}-{o}" for e in ("bert", "rpe", "roformer") for o in ("adamw", "amos")}
+    assert all(len(seeds) == 2 for seeds in runs.values())
+    for name, seeds in runs.items():
+        train = seeds[0]["train"]
+        assert train["optimizer"] == name.split("-")[1]
+        final = seeds[0]["final"]
+        assert 0 < final["validation_mrr"] <= 1 and final["validation_loss"] > 0
+    assert runs["rpe-amos"][0]["config"]["position"] == "shaw"
+    report = (tmp_path / "report.md").read_text()
+    assert "Amos minus AdamW" in report and "1/sqrt(" in report
+    assert (tmp_path / "validation_mrr.png").stat().st_size > 10_000

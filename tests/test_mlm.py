@@ -41,24 +41,25 @@ def test_masking_follows_the_80_10_10_rule():
 def test_pretraining_recipe_saves_a_model_huggingface_loads(tmp_path, capsys):
     require_data("enwiki")
     assert main(["experiment", "mlm", "--preset", "smoke", "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["bert (learned positions)", "roformer (rope positions)"]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["bert (learned positions)", "roformer (rope positions)"]
+    assert [r["per seed"].count(",") for r in rows] == [1, 1]  # the smoke preset's two seeds
     assert (tmp_path / "mlm_loss.png").is_file()
     capsys.readouterr()
-    assert main(["fill-mask", "the [MASK] of the city", "--model", str(tmp_path / "roformer" / "model")]) == 0
+    assert main(["fill-mask", "the [MASK] of the city", "--model", str(tmp_path / "roformer" / "seed0" / "model")]) == 0
     assert capsys.readouterr().out.startswith("[MASK] 1: ")
     transformers = pytest.importorskip("transformers")
     from roformer import RoFormerForMaskedLM
 
-    ours = RoFormerForMaskedLM.from_pretrained(tmp_path / "roformer" / "model").eval()
-    hf = transformers.RoFormerForMaskedLM.from_pretrained(tmp_path / "roformer" / "model").eval()
+    ours = RoFormerForMaskedLM.from_pretrained(tmp_path / "roformer" / "seed0" / "model").eval()
+    hf = transformers.RoFormerForMaskedLM.from_pretrained(tmp_path / "roformer" / "seed0" / "model").eval()
     ids = torch.randint(5, 400, (2, 30))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     # the BERT baseline keeps its learned positions through a save/load round trip
-    bert = RoFormerForMaskedLM.from_pretrained(tmp_path / "bert" / "model")
+    bert = RoFormerForMaskedLM.from_pretrained(tmp_path / "bert" / "seed0" / "model")
     assert bert.config.position == "learned" and bert.roformer.position.embeddings.weight.abs().sum() > 0
-    config = json.loads((tmp_path / "bert" / "model" / "config.json").read_text())
+    config = json.loads((tmp_path / "bert" / "seed0" / "model" / "config.json").read_text())
     assert config["model_type"] == "roformer-learned-positions"
 
 
@@ -78,3 +79,38 @@ def test_pretrain_on_a_text_file(tmp_path, capsys):
     tiny.write_text("one document\n\nanother one\n")
     assert main(["pretrain", "--corpus", str(tiny), "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
     assert "too few to hold 1% out" in capsys.readouterr().err
+
+
+def test_mlm_evaluation_mrr_equals_the_rank_of_the_true_token_by_sorting():
+    from types import SimpleNamespace
+
+    from roformer.train import TrainConfig
+    from roformer.train.mlm import masked_lm_functions
+
+    special = {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[MASK]": 3}
+    tok = SimpleNamespace(token_to_id=special.get, get_vocab_size=lambda: 50)
+    ids = torch.randint(4, 50, (40, 16), generator=torch.Generator().manual_seed(0))
+    valid = (ids, torch.ones_like(ids))
+    *_, eval_fn = masked_lm_functions(tok, valid, valid, 8, TrainConfig())
+    table = torch.randn(40, 16, 50, generator=torch.Generator().manual_seed(1)).round(decimals=1)  # with ties
+    served = [0]
+
+    class Fixed(torch.nn.Module):  # returns the next rows of the table as its logits
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, inputs, mask):
+            served[0] += len(inputs)
+            return SimpleNamespace(logits=table[served[0] - len(inputs) : served[0]])
+
+    result = eval_fn(Fixed())
+    _, labels = mask_tokens(ids, 3, 50, [0, 1, 2], torch.Generator().manual_seed(12345))  # the fixed masking
+    chosen = labels != -100
+    ranks = []
+    for logits, label in zip(table[chosen].tolist(), labels[chosen].tolist(), strict=True):
+        order = sorted(range(50), key=lambda i: (-logits[i], i == label))  # ties: the true token last of equals
+        ranks.append(order.index(label) + 1)
+    assert any(r > 1 for r in ranks) and any(r == 1 for r in ranks)
+    assert result["mrr"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks), rel=1e-12)
+    assert result["accuracy"] == pytest.approx(sum(r == 1 for r in ranks) / len(ranks), rel=1e-12)

@@ -117,3 +117,50 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
         torch.testing.assert_close(wd[k], ws[k], rtol=1e-4, atol=1e-5)
     # and the update was not trivial
     assert single[0][1] - single[-1][1] > 0.05
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "amos"])
+def test_resume_continues_every_optimizer_exactly(tmp_path, optimizer):
+    """A run stopped after its checkpoint at update 3 and resumed ends with the same weights as one run of 6
+    updates: the optimizer's state (Amos's per-parameter decay included) goes through the checkpoint."""
+    from roformer.train import Trainer
+
+    data = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=data), torch.randn(64, 1, generator=data)
+    stop_at = {"step": None}
+
+    class Stopped(Exception):
+        pass
+
+    def batch_fn(step, micro):
+        if step == stop_at["step"]:
+            raise Stopped
+        rows = torch.randint(64, (16,), generator=torch.Generator().manual_seed(step))
+        return {"x": x[rows], "y": y[rows]}
+
+    def loss_fn(net, batch):
+        return torch.nn.functional.mse_loss(net(batch["x"]), batch["y"]), 16
+
+    def net():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def train(run_dir, resume=False):
+        model = net()
+        config = TrainConfig(max_steps=6, optimizer=optimizer, lr=1e-2, warmup_steps=2, schedule="constant",
+                             save_every=3, progress=False)
+        trainer = Trainer(model, config, run_dir, batch_fn, loss_fn)
+        trainer.fit(resume=resume)
+        return model, trainer
+
+    whole, trainer = train(tmp_path / "whole")
+    assert type(trainer.optimizer).__name__ == {"adamw": "AdamW", "amos": "Amos"}[optimizer]
+    stop_at["step"] = 4
+    with pytest.raises(Stopped):
+        train(tmp_path / "split")
+    assert [p.name for p in list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step-00000003"]
+    stop_at["step"] = None
+    resumed, _ = train(tmp_path / "split", resume=True)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(net()[0].weight, whole[0].weight)  # it did train

@@ -142,8 +142,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     r = pretrain(args.position, args.corpus, args.preset, args.data_dir, args.out, args.resume, args.device,
                  args.dtype, args.max_steps)
     if r:
-        print(f"validation MLM loss {r['validation MLM loss']:.4f}, accuracy {r['validation MLM accuracy']:.1%} "
-              f"({r['minutes']:.1f} min); model and tokenizer in {Path(args.out) / 'model'}")
+        print(f"validation MLM loss {r['loss']:.4f}, accuracy {r['accuracy']:.1%}, MRR {r['mrr']:.4f}; model and "
+              f"tokenizer in {Path(args.out) / 'model'}")
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -194,7 +194,7 @@ def _export(args: argparse.Namespace) -> None:
           f"{r['checked on']}: max abs difference {r['max abs difference']:.2e}")
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare", "extrapolation", "mlm", "glue", "translation", "chinese")
+EXPERIMENTS = ("performer_lm", "pe_compare", "extrapolation", "mlm", "glue", "translation", "chinese", "optimizers")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=EXPERIMENTS,
                    help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | extrapolation (length) | mlm (§4.2) | "
                    "glue (§4.3, after mlm) | "
-                   "translation (§4.1) | chinese (§4.5)")
+                   "translation (§4.1) | chinese (§4.5) | optimizers (§4.8, AdamW vs Amos)")
     _add_common(p, None)
     p.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds per variant (default: the preset's)")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "
@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("fill-mask", help="show a masked LM's predictions for each [MASK] in a sentence")
     p.add_argument("text", help='e.g. "the capital of france is [MASK] ."')
-    p.add_argument("--model", default="reports/mlm/roformer/model", help="saved model directory with tokenizer")
+    p.add_argument("--model", default="reports/mlm/roformer/seed0/model", help="saved model directory with "
+                   "tokenizer")
     p.add_argument("--top-k", type=POSITIVE_INT, default=5)
     p.set_defaults(func=_fill_mask)
 

@@ -257,10 +257,12 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         models: str | Path = "reports/mlm", tasks=TABLE2_ORDER) -> dict:
     """Table 2: fine-tune the BERT baseline and RoFormer pre-trained by ``roformer experiment mlm`` (found in
-    ``models``/{bert,roformer}/model) on each task and write ``out``/report.md and a bar chart."""
+    ``models``/{bert,roformer}/seed0/model: the first pre-training seed) on each task and write
+    ``out``/report.md and a bar chart."""
     p = choose_preset(PRESETS, preset)
     out, models = Path(out), Path(models)
-    pretrained = {"BERT (ours)": models / "bert" / "model", "RoFormer (ours)": models / "roformer" / "model"}
+    pretrained = {"BERT (ours)": models / "bert" / "seed0" / "model",
+                  "RoFormer (ours)": models / "roformer" / "seed0" / "model"}
     for path in pretrained.values():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no pre-trained model in {path}: run `roformer experiment mlm --out {models}` "

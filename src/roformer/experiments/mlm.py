@@ -11,10 +11,11 @@ AdamW lr 1e-5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,22 +23,23 @@ import torch
 from ..data.corpora import load_articles
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
 from ..models import RoFormerConfig, RoFormerForMaskedLM
-from ..report import markdown_table, plot_curves
+from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import Trainer, is_main_process, preset_train_config
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset
+from .seeds import SeedRun, run_dirs, train_seeds
 
 VARIANTS = {"bert": "learned", "roformer": "rope"}
 
 PRESETS = {
     "smoke": dict(model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-                  vocab=500, articles=300, max_len=64, batch_size=8, eval_sequences=16,
+                  vocab=500, articles=300, max_len=64, batch_size=8, eval_sequences=16, seeds=2,
                   train=dict(max_steps=6, lr=1e-3, warmup_steps=2, eval_every=3, log_every=1)),
     "small": dict(model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-                  vocab=8000, articles=None, max_len=128, batch_size=32, eval_sequences=256,
+                  vocab=8000, articles=None, max_len=128, batch_size=32, eval_sequences=256, seeds=3,
                   train=dict(max_steps=250, lr=5e-4, warmup_steps=25, eval_every=25, log_every=10)),
     "paper": dict(model=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-                  vocab=30000, articles=None, max_len=512, batch_size=64, eval_sequences=2000,
+                  vocab=30000, articles=None, max_len=512, batch_size=64, eval_sequences=2000, seeds=3,
                   train=dict(max_steps=100_000, lr=1e-5, warmup_steps=1000, eval_every=2000, log_every=100,
                              schedule="linear", dtype="bfloat16")),
 }
@@ -61,8 +63,8 @@ def _documents(corpus: str, data_dir, limit: int | None) -> dict[str, list[str]]
     return {k: v[:limit] if limit else v for k, v in splits.items()}
 
 
-def _prepare(p: dict, corpus: str, data_dir, out: Path, resume: bool, train_config):
-    """The WordPiece vocabulary (reused on resume), packed sequences and the trainer functions."""
+def prepare(p: dict, corpus: str, data_dir, out: Path, resume: bool) -> tuple:
+    """The WordPiece vocabulary (reused on resume) and the packed training and validation sequences."""
     docs = _documents(corpus, data_dir, p["articles"])
     if resume and (out / "tokenizer.json").is_file():
         tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with (training it is not
@@ -73,24 +75,26 @@ def _prepare(p: dict, corpus: str, data_dir, out: Path, resume: bool, train_conf
     train = packed_sequences(tok, document_ids(tok, docs["train"]), p["max_len"])
     valid = tuple(t[: p["eval_sequences"]]
                   for t in packed_sequences(tok, document_ids(tok, docs["validation"]), p["max_len"]))
-    return tok, train, valid, masked_lm_functions(tok, train, valid, p["batch_size"], train_config)
+    return tok, train, valid
 
 
-def _pretrain_one(position: str, tok, functions, p: dict, train_config, run_dir: Path, resume: bool) -> dict:
-    config = RoFormerConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=p["max_len"], position=position,
-                            pad_token_id=tok.token_to_id("[PAD]"), **p["model"])
-    torch.manual_seed(train_config.seed)
-    model = RoFormerForMaskedLM(config)
-    started = time.perf_counter()
-    final = Trainer(model, train_config, run_dir, *functions, desc=f"MLM {position}",
-                    identity={"model": config.to_dict()}).fit(resume=resume)
-    if not is_main_process():
-        return {}
-    model.save_pretrained(run_dir / "model")
-    save_tokenizer(tok, run_dir / "model")
-    return {"validation MLM loss": final["loss"], "validation MLM accuracy": final["accuracy"],
-            "minutes": (time.perf_counter() - started) / 60,
-            "parameters": sum(q.numel() for q in model.parameters())}
+def encoder_run(position: str, tok, train, valid, p: dict, train_config) -> Callable[[int], SeedRun]:
+    """A masked-LM encoder with ``position`` encoding as a variant of :func:`.seeds.train_seeds`: the seed sets
+    its initialisation and the batches and masks it sees. Its model directory gets the tokenizer too."""
+
+    def make(seed: int) -> SeedRun:
+        config = RoFormerConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=p["max_len"],
+                                position=position, pad_token_id=tok.token_to_id("[PAD]"), **p["model"])
+        seed_config = dataclasses.replace(train_config, seed=seed)
+        functions = masked_lm_functions(tok, train, valid, p["batch_size"], seed_config)
+
+        def save(model, path):
+            model.save_pretrained(path)
+            save_tokenizer(tok, path)
+
+        return SeedRun(RoFormerForMaskedLM(config), seed_config, functions, {"model": config.to_dict()}, save)
+
+    return make
 
 
 def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "small", data_dir=None,
@@ -101,38 +105,68 @@ def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "smal
     p, out = choose_preset(PRESETS, preset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
-    tok, _, _, functions = _prepare(p, corpus, data_dir, out, resume, train_config)
-    return _pretrain_one(position, tok, functions, p, train_config, out, resume)
+    torch.manual_seed(train_config.seed)
+    run = encoder_run(position, *prepare(p, corpus, data_dir, out, resume), p, train_config)(train_config.seed)
+    final = Trainer(run.model, run.config, out, *run.functions, desc=f"MLM {position}",
+                    identity=run.identity).fit(resume=resume)
+    if is_main_process():
+        run.save(run.model, out / "model")
+    return final
 
 
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/mlm", resume: bool = False,
-        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
+        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
+        seeds: int | None = None) -> dict:
     p = choose_preset(PRESETS, preset)
-    out = Path(out)
+    out, seed_list = Path(out), list(range(seeds or p["seeds"]))
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
-    tok, (train_ids, _), (valid_ids, _), functions = _prepare(p, "enwiki", data_dir, out, resume, train_config)
-    vocab = tok.get_vocab_size()
-    results = {name: _pretrain_one(position, tok, functions, p, train_config, out / name, resume)
-               for name, position in VARIANTS.items()}
+    tok, train, valid = prepare(p, "enwiki", data_dir, out, resume)
+    results = train_seeds({name: encoder_run(position, tok, train, valid, p, train_config)
+                           for name, position in VARIANTS.items()}, out, resume, seed_list)
     if not is_main_process():
         return results
-    rows = [{"model": f"{name} ({VARIANTS[name]} positions)", **r} for name, r in results.items()]
-    plot_curves({n: out / n for n in results}, out / "mlm_loss.png", keys=("loss", "eval/loss"),
-                title="MLM pre-training: BERT vs RoFormer (Fig. 3 left)", ylabel="MLM loss (nats / masked token)")
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    rows = encoder_rows(results, "roformer")
+    for row in rows:
+        row["variant"] = f"{row['variant']} ({VARIANTS[row['variant']]} positions)"
+    dirs = run_dirs(out, results, seed_list)
+    plot_seed_bands(dirs, out / "mlm_loss.png", key="eval/loss", ylabel="MLM loss (nats / masked token)",
+                    title="MLM pre-training: BERT vs RoFormer, validation loss (Fig. 3 left)")
+    plot_seed_bands(dirs, out / "mlm_training_loss.png", key="loss", ylabel="MLM loss (nats / masked token)",
+                    title="MLM pre-training: training loss")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "runs": results}, indent=2))
     text = [
         "# §4.2 MLM pre-training: BERT vs RoFormer", "",
         f"Produced by: `{command or f'roformer experiment mlm --preset {preset}'}`", "",
         f"Preset `{preset}`: post-LayerNorm encoder, {p['model']['num_hidden_layers']} layers, "
-        f"{p['model']['hidden_size']} wide, {p['model']['num_attention_heads']} heads; uncased WordPiece of {vocab} "
-        f"tokens learnt on the training articles; {len(train_ids):,} packed training sequences of up to "
-        f"{p['max_len']} tokens; batch {p['batch_size']}, {train_config.max_steps} updates, AdamW lr "
-        f"{train_config.lr:g}; validation: {len(valid_ids)} held-out sequences with a fixed masking.", "",
-        markdown_table(rows, list(rows[0])), "", "![MLM loss](mlm_loss.png)", "",
+        f"{p['model']['hidden_size']} wide, {p['model']['num_attention_heads']} heads; uncased WordPiece of "
+        f"{tok.get_vocab_size()} tokens learnt on the training articles; {len(train[0]):,} packed training "
+        f"sequences of up to {p['max_len']} tokens; batch {p['batch_size']}, {train_config.max_steps} updates, "
+        f"AdamW lr {train_config.lr:g}; seeds {', '.join(map(str, seed_list))} (a seed sets initialisation, "
+        f"batches and masks, the same for both models); validation: {len(valid[0])} held-out sequences with a "
+        "fixed masking.", "",
+        markdown_table(rows, list(rows[0])), "",
+        "The interval is a Student-t 95% interval of the mean per-seed difference against RoFormer (paired by "
+        "seed). MRR: mean reciprocal rank of the masked tokens.", "",
+        "![MLM loss](mlm_loss.png)", "", "![MLM training loss](mlm_training_loss.png)", "",
     ]
     (out / "report.md").write_text("\n".join(text))
     return results
+
+
+def encoder_rows(results: dict[str, list[dict]], reference: str) -> list[dict]:
+    """Table rows of masked-LM runs: validation loss with paired differences against ``reference``
+    (:func:`seed_rows`), then accuracy and MRR (mean ± std), parameters and minutes per run."""
+    final = {name: [r["final"] for r in runs] for name, runs in results.items()}
+    rows = seed_rows({name: [f["validation_loss"] for f in runs] for name, runs in final.items()}, reference,
+                     "validation MLM loss")
+    for row, runs in zip(rows, final.values(), strict=True):
+        for metric in ("accuracy", "mrr"):
+            mean, std = mean_std([f[f"validation_{metric}"] for f in runs])
+            row[f"{'MRR' if metric == 'mrr' else metric} (mean ± std)"] = f"{mean:.4f} ± {std:.4f}"
+        row["parameters"] = runs[0]["parameters"]
+        row["minutes per run"] = f"{mean_std([f['minutes'] for f in runs])[0]:.1f}"
+    return rows
 
 
 def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:

@@ -31,7 +31,8 @@ def masked_lm_functions(tok, train: tuple[torch.Tensor, torch.Tensor], valid: tu
                         batch_size: int, config: TrainConfig):
     """``(batch_fn, loss_fn, eval_fn)`` for :class:`Trainer`: batches of ``batch_size`` packed sequences drawn
     with the step-seeded generator and masked by the 80/10/10 rule; evaluation on the validation sequences
-    under one fixed masking, reporting the masked-token loss and accuracy."""
+    under one fixed masking, reporting the masked-token loss, accuracy and mean reciprocal rank (MRR: the mean of
+    1 / rank of the true token among the vocabulary's logits; ties rank against the true token)."""
     special_ids = [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")]
     mask_id, vocab = tok.token_to_id("[MASK]"), tok.get_vocab_size()
     train_ids, train_mask = train
@@ -49,7 +50,7 @@ def masked_lm_functions(tok, train: tuple[torch.Tensor, torch.Tensor], valid: tu
         return net(**batch).loss, (batch["labels"] != -100).sum()
 
     def eval_fn(net) -> dict:
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sum, correct, reciprocal_ranks, count = 0.0, 0, 0.0, 0
         device = next(net.parameters()).device
         for s in range(0, len(valid_inputs), 32):
             labels = valid_labels[s : s + 32].to(device)
@@ -57,7 +58,9 @@ def masked_lm_functions(tok, train: tuple[torch.Tensor, torch.Tensor], valid: tu
             chosen = labels != -100
             loss_sum += torch.nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
             correct += (logits[chosen].argmax(-1) == labels[chosen]).sum().item()
+            true_logit = logits[chosen].gather(-1, labels[chosen, None])
+            reciprocal_ranks += (1.0 / (logits[chosen] >= true_logit).sum(-1).double()).sum().item()
             count += int(chosen.sum())
-        return {"loss": loss_sum / count, "accuracy": correct / count}
+        return {"loss": loss_sum / count, "accuracy": correct / count, "mrr": reciprocal_ranks / count}
 
     return batch_fn, loss_fn, eval_fn

@@ -14,7 +14,14 @@ SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
-    """AdamW or Adam; weight decay spares biases, LayerNorm weights and other 1-d parameters."""
+    """AdamW or Adam (weight decay spares biases, LayerNorm weights and other 1-d parameters), or Amos (Tian &
+    Parikh 2022, as the ``pytorch-optimizer`` package implements it: its own decay towards a scale set by each
+    parameter's shape replaces ``weight_decay``, and ``betas``/``eps`` do not apply; the Amos authors advise a
+    constant or warm-up-to-constant schedule and a learning rate of about 1/sqrt(number of batches))."""
+    if name == "amos":
+        from pytorch_optimizer import Amos
+
+        return Amos([p for p in model.parameters() if p.requires_grad], lr=lr)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -24,7 +31,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
-    raise ValueError(f"unknown optimizer {name!r}; use adamw or adam")
+    raise ValueError(f"unknown optimizer {name!r}; use adamw, adam or amos")
 
 
 def lr_multiplier(schedule: str, step: int, warmup: int, total: int, peak_lr: float,
