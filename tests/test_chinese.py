@@ -70,15 +70,58 @@ def test_scm_split_is_by_document_and_kept_out_of_pretraining():
 @pytest.mark.slow
 def test_chinese_recipe_smoke(tmp_path):
     require_data("cail2019_scm")
+    require_data("thucnews")
     require_data("chinese_corpus")
     assert main(["experiment", "chinese", "--preset", "smoke", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["stage"] for r in results["stages"]["roformer"]] == [1, 2]
     assert [r["max length"] for r in results["stages"]["roformer"]] == [64, 128]
-    rows = results["matching"]
-    assert set(rows["RoFormer-64 (word, RoPE)"]) == {"validation @64", "validation @128", "test @64", "test @128"}
-    assert all(0 <= v <= 100 for r in rows.values() for v in r.values())
-    assert (tmp_path / "pretraining.png").is_file() and "Table 5" in (tmp_path / "report.md").read_text()
+    assert set(results["stages"]) == {"roformer", "wobert", "bert"}
+    for task, size in (("scm", 8), ("thucnews", 8)):
+        rows = results["tasks"][task]
+        assert list(rows) == ["BERT-64 (char, learned positions)", "WoBERT-64 (word, learned positions)",
+                              "RoFormer-64 (word, RoPE)", "RoFormer-128 (word, RoPE)"]
+        assert all(len(seeds) == 2 for seeds in rows.values())  # the smoke preset's two fine-tuning seeds
+        first = rows["RoFormer-64 (word, RoPE)"][0]
+        assert {k for k in first if "correct" not in k} == {"validation @64", "validation @128", "test @64",
+                                                            "test @128"}
+        assert len(first["test correct @128"]) == size and set(first["test correct @128"]) <= {0, 1}
+        assert first["test @128"] == 100 * sum(first["test correct @128"]) / size
+    report = (tmp_path / "report.md").read_text()
+    assert "Table 5" in report and "THUCNews" in report and "McNemar" in report
+    assert (tmp_path / "pretraining.png").is_file()
     # stage 2 started from stage 1: the resumed schedule reuses both stages and retrains nothing
     assert main(["experiment", "chinese", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
-    assert json.loads((tmp_path / "results.json").read_text())["stages"] == results["stages"]
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["stages"] == results["stages"] and again["tasks"] == results["tasks"]
+
+
+def test_mcnemar_against_the_binomial_distribution():
+    from math import comb
+
+    from roformer.experiments.chinese import mcnemar
+
+    a = [1] * 10 + [0] * 3 + [1] * 20 + [0] * 7
+    b = [0] * 10 + [1] * 3 + [1] * 20 + [0] * 7
+    only_a, only_b, p = mcnemar(a, b)
+    assert (only_a, only_b) == (10, 3)
+    tail = sum(comb(13, k) for k in range(0, 4)) / 2**13  # P(X <= 3), X ~ Binomial(13, 1/2)
+    assert p == pytest.approx(2 * tail, rel=1e-12)
+    assert mcnemar([1, 0], [1, 0])[2] == 1.0
+    with pytest.raises(ValueError, match="differ in number"):
+        mcnemar([1], [1, 0])
+
+
+def test_thucnews_split_is_by_article_and_kept_out_of_pretraining():
+    require_data("thucnews")
+    require_data("chinese_corpus")
+    from roformer.data.chinese import load_chinese_documents, load_thucnews
+
+    news = load_thucnews()
+    assert [len(v) for v in news.values()] == [793, 111, 96]
+    texts = {split: {a for _, a in rows} for split, rows in news.items()}
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
+    assert len({label for rows in news.values() for label, _ in rows}) == 10
+    heads = {a[:60] for rows in texts.values() for a in rows}
+    corpus = load_chinese_documents()
+    assert not any(d[:60] in heads for split in corpus.values() for d in split)

@@ -18,7 +18,7 @@ from roformer.data.tokenizer import (
 from .conftest import require_data
 
 IN_MIRROR = ["enwik8", "tinyshakespeare", "wikitext2", "enwiki", "multi30k", "newstest2014", "sst2", "mrpc",
-             "stsb", "qnli", "qqp", "cail2019_scm", "chinese_corpus"]
+             "stsb", "qnli", "qqp", "cail2019_scm", "thucnews", "chinese_corpus"]
 
 
 @pytest.mark.parametrize("name", IN_MIRROR)
