@@ -36,6 +36,7 @@ experiments: $(STAMP)
 	.venv/bin/roformer experiment extrapolation --preset small --data-dir $(DATA_DIR) --models reports/pe_compare --out reports/extrapolation
 	.venv/bin/roformer experiment performer_lm --preset small --data-dir $(DATA_DIR) --out reports/performer_lm
 	.venv/bin/roformer experiment mlm --preset small --data-dir $(DATA_DIR) --out reports/mlm
+	.venv/bin/roformer experiment optimizers --preset small --data-dir $(DATA_DIR) --out reports/optimizers
 	.venv/bin/roformer experiment glue --preset small --data-dir $(DATA_DIR) --out reports/glue
 	.venv/bin/roformer experiment translation --preset small --data-dir $(DATA_DIR) --out reports/translation
 	.venv/bin/roformer experiment chinese --preset small --data-dir $(DATA_DIR) --out reports/chinese

@@ -36,6 +36,7 @@ FACTORS = (1, 2, 4, 8, 16)
 PRESETS = {
     "smoke": dict(base="smoke", factors=(1, 2, 4), seeds=1, finetune_steps=2, finetune_factor=2),
     "small": dict(base="small", factors=FACTORS, seeds=3, finetune_steps=30, finetune_factor=4),
+    # ours (the paper has no extrapolation experiment): pe_compare's paper-size decoders, a longer fine-tune
     "paper": dict(base="paper", factors=FACTORS, seeds=3, finetune_steps=400, finetune_factor=4),
 }
 

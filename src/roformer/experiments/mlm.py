@@ -38,6 +38,9 @@ PRESETS = {
     "small": dict(model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
                   vocab=8000, articles=None, max_len=128, batch_size=32, eval_sequences=256, seeds=3,
                   train=dict(max_steps=250, lr=5e-4, warmup_steps=25, eval_every=25, log_every=10)),
+    # paper (arXiv v5 §4.2): BERT-base size, batch 64, length 512, 100k steps, AdamW lr 1e-5; ours: the
+    # vocabulary size, warm-up, linear decay, evaluation cadence, bfloat16 (and the corpus: the registry's
+    # Wikipedia sample, not BookCorpus + Wikipedia)
     "paper": dict(model=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
                   vocab=30000, articles=None, max_len=512, batch_size=64, eval_sequences=2000, seeds=3,
                   train=dict(max_steps=100_000, lr=1e-5, warmup_steps=1000, eval_every=2000, log_every=100,

@@ -32,6 +32,8 @@ PRESETS = {
     "small": dict(model=dict(hidden_size=256, num_layers=4, num_heads=4), vocab=4096, articles=None, seq_len=256,
                   batch_size=16, eval_tokens=32768, seeds=3,
                   train=dict(max_steps=200, lr=1e-3, warmup_steps=20, eval_every=20, log_every=10)),
+    # ours throughout: a GPT-2-small-size decoder and a budget for GPUs (the Neurocomputing §4.6 settings are
+    # not taken over)
     "paper": dict(model=dict(hidden_size=768, num_layers=12, num_heads=12), vocab=32000, articles=None,
                   seq_len=1024, batch_size=64, eval_tokens=2_000_000, seeds=3,
                   train=dict(max_steps=100_000, lr=3e-4, warmup_steps=2000, eval_every=2000, log_every=100,

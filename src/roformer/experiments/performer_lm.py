@@ -28,6 +28,8 @@ PRESETS = {
     "small": dict(model=dict(hidden_size=256, num_layers=4, num_heads=4, num_features=64), seq_len=512,
                   batch_size=8, eval_bytes=65536, seeds=3,
                   train=dict(max_steps=400, lr=1e-3, warmup_steps=40, eval_every=50, log_every=10)),
+    # paper (arXiv v5 §4.4): 12 layers x 768, 12 heads, lr 1e-4, batch 128, length 1024; ours: the features,
+    # steps, warm-up, evaluation cadence, bfloat16
     "paper": dict(model=dict(hidden_size=768, num_layers=12, num_heads=12, num_features=256), seq_len=1024,
                   batch_size=128, eval_bytes=5_000_000, seeds=3,
                   train=dict(max_steps=100_000, lr=1e-4, warmup_steps=1000, eval_every=2000, log_every=100,
