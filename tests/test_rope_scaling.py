@@ -11,6 +11,7 @@ from roformer import RotaryEmbedding
 from roformer.models import RoFormerConfig, RoFormerForCausalLM
 from roformer.models.decoder import DecoderConfig, DecoderLM
 from roformer.models.generation import sample
+from roformer.rope import apply_rotary
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
@@ -125,16 +126,28 @@ def dense_rotation(x, positions, theta):
     return out
 
 
-@pytest.mark.parametrize("name", ["default", "linear", "yarn", "llama3"])
-def test_float64_is_rotated_exactly(name):
-    """float64 inputs are rotated with float64 cos/sin: equal to the dense R to 1e-12 at positions to 5000."""
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("total_len", [None, 5000, 20000])
+def test_float64_is_rotated_exactly(name, total_len):
+    """float64 inputs are rotated with float64 cos/sin: equal to the dense R of Eq. 15 (with the type's
+    frequencies and attention factor) to 1e-12 at positions to 5000, under every rope type; length-dependent
+    types (dynamic, longrope) at the given total length of the sequence."""
     parameters, max_positions = CASES[name]
     rope = RotaryEmbedding(DIM, BASE, scaling={**parameters, "max_position_embeddings": max_positions})
-    theta, factor = rope.frequencies()
-    x = torch.randn(2, 3, 6, DIM, dtype=torch.float64)
     positions = torch.tensor([0, 1, 17, 999, 4000, 4999])
-    got = rope.rotate(x, positions=positions)
-    torch.testing.assert_close(got, factor * dense_rotation(x, positions, theta), rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 3, 6, DIM, dtype=torch.float64)
+    if rope.length_dependent and total_len is None:
+        with pytest.raises(ValueError, match="total_len"):
+            rope.cos_sin(6, positions)
+        return
+    theta, factor = rope.frequencies(total_len)
+    expected = factor * dense_rotation(x, positions, theta)
+    cos, sin = rope.cos_sin(6, positions, total_len=total_len)
+    assert cos.dtype == torch.float64
+    torch.testing.assert_close(apply_rotary(x, cos, sin), expected, rtol=1e-12, atol=1e-12)
+    if rope.length_dependent:  # the length matters: other angles within the original length
+        other, _ = rope.cos_sin(6, positions, total_len=1)
+        assert (other - cos).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("interleaved", [True, False])

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from roformer.attention import KVCache
 from roformer.cli import main
@@ -14,6 +15,7 @@ from roformer.data.tokenizer import train_bpe
 from roformer.experiments.translation import SPECIALS, translate_lines
 from roformer.models.generation import beam_search, greedy_search
 from roformer.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from roformer.train import average_checkpoints, list_checkpoints
 
 from .conftest import require_data
 
@@ -168,13 +170,24 @@ def test_translation_recipe_and_translate_command(tmp_path, monkeypatch, capsys)
     require_data("newstest2014")
     assert main(["experiment", "translation", "--preset", "smoke", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"RoFormer", "Transformer (sinusoidal)", "Transformer + RPE (Shaw)"}
-    for r in results.values():
-        assert len(r["averaged checkpoints"]) == 5 and 0 <= r["BLEU test2016 (beam 4)"] <= 100
-        assert r["signature"].startswith("nrefs:1|case:mixed")
+    runs = results["runs"]
+    assert set(runs) == {"RoFormer", "Transformer (sinusoidal)", "Transformer + RPE (Shaw)"}
+    for seeds in runs.values():
+        assert len(seeds) == 2  # the smoke preset's seeds
+        for r in seeds:
+            assert 0 <= r["BLEU test2016 (beam 4)"] <= 100 and r["signature"].startswith("nrefs:1|case:mixed")
+    for seed, bootstrap in enumerate(results["paired_bootstrap"]):
+        for name, b in bootstrap.items():  # sacreBLEU's paired bootstrap: the same BLEU as the decoding's
+            assert b["BLEU"] == pytest.approx(runs[name][seed]["BLEU test2016 (beam 4)"], abs=1e-9)
+            assert b["interval"][0] <= b["interval"][1]
+            assert name == "RoFormer" or 0 <= b["p"] <= 1
+    model = tmp_path / "rope" / "seed1" / "model"
+    averaged = average_checkpoints(list_checkpoints(tmp_path / "rope" / "seed1" / "checkpoints")[-5:])
+    saved = load_file(str(model / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in averaged.items() if k in saved)  # the last 5, averaged
     assert (tmp_path / "loss.png").is_file() and "Table 1" in (tmp_path / "report.md").read_text()
     capsys.readouterr()
     monkeypatch.setattr("sys.stdin", io.StringIO("A dog runs.\n\nTwo men.\n"))
-    assert main(["translate", "--model", str(tmp_path / "rope" / "model"), "--beam", "2"]) == 0
+    assert main(["translate", "--model", str(tmp_path / "rope" / "seed0" / "model"), "--beam", "2"]) == 0
     lines = capsys.readouterr().out.split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""

@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_finetune)
 
     p = verbs.add_parser("translate", help="translate lines from a file or stdin with a saved encoder-decoder")
-    p.add_argument("--model", default="reports/translation/rope/model", help="saved model directory with tokenizer")
+    p.add_argument("--model", default="reports/translation/rope/seed0/model",
+                   help="saved model directory with tokenizer")
     p.add_argument("--input", default=None, type=_input_file, help="text file, one sentence per line (default: stdin)")
     p.add_argument("--beam", type=POSITIVE_INT, default=4, help="beam size")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (beam 1)")

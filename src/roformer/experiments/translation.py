@@ -26,12 +26,13 @@ from ..data.padding import right_pad
 from ..data.parallel import load_parallel, token_batches
 from ..data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from ..models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from ..report import markdown_table, plot_curves
-from ..train import Trainer, average_checkpoints, is_main_process, list_checkpoints, preset_train_config
+from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
+from ..train import average_checkpoints, is_main_process, list_checkpoints, preset_train_config
 from ..train.losses import token_cross_entropy
 from . import choose_preset
+from .seeds import SeedRun, train_seeds
 
-__all__ = ["PRESETS", "SPECIALS", "run", "translate_lines", "bleu"]
+__all__ = ["PRESETS", "SPECIALS", "run", "translate_lines", "bleu", "paired_bootstrap"]
 
 SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
 VARIANTS = {"RoFormer": "rope", "Transformer (sinusoidal)": "sinusoidal", "Transformer + RPE (Shaw)": "shaw"}
@@ -43,11 +44,11 @@ PAPER_TABLE1 = {"Transformer-base": {"arXiv v5": "27.3", "Neurocomputing": "26.5
 
 PRESETS = {
     "smoke": dict(model=dict(hidden_size=32, encoder_layers=1, decoder_layers=1, num_heads=2, intermediate_size=64),
-                  vocab=400, train_pairs=400, max_tokens=800, max_len=64, test_sentences=12, news_sentences=8,
+                  vocab=400, train_pairs=400, max_tokens=800, max_len=64, test_sentences=12, news_sentences=8, seeds=2,
                   train=dict(max_steps=10, lr=1e-3, warmup_steps=4, eval_every=5, save_every=2, log_every=1)),
     "small": dict(model=dict(hidden_size=256, encoder_layers=3, decoder_layers=3, num_heads=4, intermediate_size=1024),
                   vocab=8000, train_pairs=None, max_tokens=2000, max_len=128, test_sentences=None,
-                  news_sentences=300,
+                  news_sentences=300, seeds=3,
                   train=dict(max_steps=500, lr=7e-4, warmup_steps=150, eval_every=100, save_every=25,
                              log_every=20)),
     # paper (arXiv v5 §4.1, Transformer-base after Vaswani et al.): 6+6 layers x 512, 8 heads, FFN 2048, Adam
@@ -57,7 +58,7 @@ PRESETS = {
     # cadence, bfloat16
     "paper": dict(model=dict(hidden_size=512, encoder_layers=6, decoder_layers=6, num_heads=8, intermediate_size=2048),
                   vocab=37000, train_pairs=None, max_tokens=25000, max_len=256, test_sentences=None,
-                  news_sentences=None,
+                  news_sentences=None, seeds=3,
                   train=dict(max_steps=100_000, lr=5e-4, warmup_steps=4000, eval_every=5000, save_every=2000,
                              log_every=100, dtype="bfloat16")),
 }
@@ -117,10 +118,26 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     return score.score, str(metric.get_signature())
 
 
+def paired_bootstrap(systems: dict[str, list[str]], references: list[str], baseline: str,
+                     resamples: int = 1000) -> dict[str, dict]:
+    """sacreBLEU's paired bootstrap resampling over test sentences (the Moses test): for each system, its BLEU,
+    the 95% interval of its resampled BLEU and the p-value of its difference from ``baseline``'s."""
+    import sacrebleu
+    from sacrebleu.significance import PairedTest
+
+    named = [(baseline, systems[baseline])] + [(n, h) for n, h in systems.items() if n != baseline]
+    # resampling seeded by sacreBLEU ($SACREBLEU_SEED, default 12345)
+    test = PairedTest(named, {"BLEU": sacrebleu.metrics.BLEU()}, [references], test_type="bs", n_samples=resamples)
+    _, scores = test()
+    return {name: {"BLEU": r.score, "interval": [r.mean - r.ci, r.mean + r.ci], "p": r.p_value}
+            for name, r in zip(scores["System"], scores["BLEU"], strict=True)}
+
+
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translation", resume: bool = False,
-        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "") -> dict:
+        device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
+        seeds: int | None = None) -> dict:
     p = choose_preset(PRESETS, preset)
-    out = Path(out)
+    out, seed_list = Path(out), list(range(seeds or p["seeds"]))
     out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, **TRAIN_FIXED)
     data = load_parallel("multi30k", data_dir)
@@ -141,12 +158,15 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translatio
                       _encode(tok, [t for _, t in chunk], p["max_len"], eos), bos, pad)
              for chunk in (data["validation"][i : i + 100] for i in range(0, len(data["validation"]), 100))]
 
-    def batch_fn(step: int, micro: int) -> dict:
-        epoch, i = divmod(step, len(batches))
-        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(train_config.seed + epoch))
-        rows = batches[int(order[i])]
-        rows = rows[micro * len(rows) // train_config.grad_accum : (micro + 1) * len(rows) // train_config.grad_accum]
-        return _collate([src[r] for r in rows], [tgt[r] for r in rows], bos, pad)
+    def batch_fn_for(seed: int):
+        def batch_fn(step: int, micro: int) -> dict:
+            epoch, i = divmod(step, len(batches))
+            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + epoch))
+            rows = batches[int(order[i])]
+            accum = train_config.grad_accum
+            rows = rows[micro * len(rows) // accum : (micro + 1) * len(rows) // accum]
+            return _collate([src[r] for r in rows], [tgt[r] for r in rows], bos, pad)
+        return batch_fn
 
     def loss_fn(net, batch):
         out_ = net(batch["src_ids"], batch["tgt_ids"], batch["src_mask"], batch["labels"], LABEL_SMOOTHING)
@@ -162,53 +182,78 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translatio
             total, count = total + loss.item() * int(n), count + int(n)
         return {"loss": total / count}
 
-    results = {}
-    for name, position in VARIANTS.items():
-        run_dir = out / position
+    def save_average(model, path: Path) -> None:
+        """The model directory holds the average of the run's last 5 checkpoints, as the paper evaluates."""
+        model.load_state_dict(average_checkpoints(list_checkpoints(path.parent / "checkpoints")[-5:]))
+        model.save_pretrained(path)
+        save_tokenizer(tok, path)
+
+    def variant(position: str):
         config = Seq2SeqConfig(vocab_size=tok.get_vocab_size(), position=position, pad_token_id=pad,
                                bos_token_id=bos, eos_token_id=eos, max_positions=max(p["max_len"], 512), **p["model"])
-        torch.manual_seed(train_config.seed)
-        model = Seq2SeqTransformer(config)
-        started = time.perf_counter()
-        final = Trainer(model, train_config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"translation {position}",
-                        identity={"model": dataclasses.asdict(config)}).fit(resume=resume)
-        if not is_main_process():
-            continue
-        minutes = (time.perf_counter() - started) / 60
-        last = list_checkpoints(run_dir / "checkpoints")[-5:]
-        model.load_state_dict(average_checkpoints(last))
-        model.save_pretrained(run_dir / "model")
-        save_tokenizer(tok, run_dir / "model")
-        model.to(device)
-        with torch.no_grad():
-            averaged = eval_fn(model.eval())["loss"]
-        started = time.perf_counter()
-        test_hyps = translate_lines(model, tok, [s for s, _ in test_pairs])
-        test_bleu, signature = bleu(test_hyps, [t for _, t in test_pairs])
-        greedy_bleu = bleu(translate_lines(model, tok, [s for s, _ in test_pairs], beam_size=1),
-                           [t for _, t in test_pairs])[0]
-        news_bleu = bleu(translate_lines(model, tok, [s for s, _ in news]), [t for _, t in news])[0]
-        decode_minutes = (time.perf_counter() - started) / 60
-        (run_dir / "test2016.hyp.de").write_text("\n".join(test_hyps) + "\n")
-        results[name] = {"position": position, "validation loss (last)": final["loss"],
-                         "validation loss (avg of 5)": averaged, "BLEU test2016 (beam 4)": test_bleu,
-                         "BLEU test2016 (greedy)": greedy_bleu, "BLEU newstest2014 (beam 4)": news_bleu,
-                         "train minutes": minutes, "decode minutes": decode_minutes,
-                         "parameters": sum(q.numel() for q in model.parameters()),
-                         "averaged checkpoints": [c.name for c in last], "signature": signature}
-        (run_dir / "summary.json").write_text(json.dumps(results[name], indent=2))
+        return lambda seed: SeedRun(Seq2SeqTransformer(config), train_config,
+                                    (batch_fn_for(seed), loss_fn, eval_fn), {"model": dataclasses.asdict(config)},
+                                    save_average)
+
+    trained = train_seeds({position: variant(position) for position in VARIANTS.values()}, out, resume, seed_list)
     if not is_main_process():
-        return results
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot_curves({n: out / r["position"] for n, r in results.items()}, out / "loss.png", keys=("loss", "eval/loss"),
-                title="Translation, Multi30k En-De: training (label-smoothed) and validation loss",
-                ylabel="cross-entropy (nats / target token)")
-    keys = ["validation loss (avg of 5)", "BLEU test2016 (beam 4)", "BLEU test2016 (greedy)",
-            "BLEU newstest2014 (beam 4)", "train minutes", "parameters"]
-    rows = [{"model": n, **{k: r[k] for k in keys}} for n, r in results.items()]
+        return {}
+    results = {name: [_decode(out / position / f"seed{seed}", tok, test_pairs, news, eval_fn, device, resume)
+                      | {"train minutes": run_["final"]["minutes"], "validation loss (last)":
+                         run_["final"]["validation_loss"]}
+                      for seed, run_ in zip(seed_list, trained[position], strict=True)]
+               for name, position in VARIANTS.items()}
+    references = [t for _, t in test_pairs]
+    bootstrap = [paired_bootstrap({name: (out / position / f"seed{seed}" / "test2016.hyp.de").read_text()
+                                   .split("\n")[: len(references)] for name, position in VARIANTS.items()},
+                                  references, "RoFormer") for seed in seed_list]
+    (out / "results.json").write_text(json.dumps({"runs": results, "paired_bootstrap": bootstrap}, indent=2))
+    _write_report(out, p, preset, command, tok, train_pairs, test_pairs, news, batches, train_config, seed_list,
+                  results, bootstrap)
+    return results
+
+
+def _decode(run_dir: Path, tok, test_pairs, news, eval_fn, device, resume: bool) -> dict:
+    """BLEU of a run's (averaged) model: test2016 with beam 4 and greedy, newstest2014 with beam 4; the
+    averaged model's validation loss. Kept in ``bleu.json`` and reused on resume."""
+    done = run_dir / "bleu.json"
+    if resume and done.is_file():
+        return json.loads(done.read_text())
+    model = Seq2SeqTransformer.from_pretrained(run_dir / "model").to(device).eval()
+    started = time.perf_counter()
+    with torch.no_grad():
+        averaged = eval_fn(model)["loss"]
+    test_hyps = translate_lines(model, tok, [s for s, _ in test_pairs])
+    test_bleu, signature = bleu(test_hyps, [t for _, t in test_pairs])
+    greedy = bleu(translate_lines(model, tok, [s for s, _ in test_pairs], beam_size=1), [t for _, t in test_pairs])[0]
+    news_bleu = bleu(translate_lines(model, tok, [s for s, _ in news]), [t for _, t in news])[0]
+    (run_dir / "test2016.hyp.de").write_text("\n".join(test_hyps) + "\n")
+    r = {"validation loss (avg of 5)": averaged, "BLEU test2016 (beam 4)": test_bleu, "BLEU test2016 (greedy)": greedy,
+         "BLEU newstest2014 (beam 4)": news_bleu, "decode minutes": (time.perf_counter() - started) / 60,
+         "parameters": sum(q.numel() for q in model.parameters()), "signature": signature}
+    done.write_text(json.dumps(r, indent=2))
+    return r
+
+
+def _write_report(out: Path, p: dict, preset: str, command: str, tok, train_pairs, test_pairs, news, batches,
+                  train_config, seeds: list[int], results: dict, bootstrap: list[dict]) -> None:
+    dirs = {name: [out / position / f"seed{s}" for s in seeds] for name, position in VARIANTS.items()}
+    plot_seed_bands(dirs, out / "loss.png", key="eval/loss", ylabel="cross-entropy (nats / target token)",
+                    title="Translation, Multi30k En-De: validation loss")
+    rows = seed_rows({n: [r["BLEU test2016 (beam 4)"] for r in runs] for n, runs in results.items()}, "RoFormer",
+                     "BLEU test2016 (beam 4)", digits=2, lower_is_better=False)
+    for row, runs in zip(rows, results.values(), strict=True):
+        for key in ("BLEU test2016 (greedy)", "validation loss (avg of 5)", "BLEU newstest2014 (beam 4)"):
+            mean, std = mean_std([r[key] for r in runs])
+            row[key] = f"{mean:.{3 if 'loss' in key else 2}f} ± {std:.{3 if 'loss' in key else 2}f}"
+        row["train minutes"] = f"{mean_std([r['train minutes'] for r in runs])[0]:.1f}"
+        row["parameters"] = runs[0]["parameters"]
+    tests = [{"seed": seed, **{name: f"{b['BLEU']:.2f} [{b['interval'][0]:.2f}, {b['interval'][1]:.2f}]"
+                               + ("" if name == "RoFormer" else f", p = {b['p']:.3f}") for name, b in bs.items()}}
+             for seed, bs in zip(seeds, bootstrap, strict=True)]
     paper_rows = [{"model": n, **{f"{version}, Table 1": bleu for version, bleu in v.items()}}
                   for n, v in PAPER_TABLE1.items()]
-    signature = next(iter(results.values()))["signature"]
+    signature = next(iter(results.values()))[0]["signature"]
     news_note = f"its first {len(news)} segments" if p["news_sentences"] else "all 3,003 segments"
     text = [
         "# §4.1 Machine translation (Table 1)", "",
@@ -220,13 +265,17 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translatio
         f"about {p['max_tokens']} tokens ({len(batches)} per epoch), {train_config.max_steps} updates, Adam "
         f"(0.9, 0.98), lr 1e-7 -> {train_config.lr:g} over {train_config.warmup_steps} steps then inverse sqrt, "
         f"label smoothing {LABEL_SMOOTHING}; the model is the average of the last 5 checkpoints (every "
-        f"{train_config.save_every} updates). BLEU: test2016 ({len(test_pairs)} sentences) and newstest2014 "
+        f"{train_config.save_every} updates). Seeds {', '.join(map(str, seeds))}: a seed sets initialisation and "
+        f"batch order, the same for every model. BLEU: test2016 ({len(test_pairs)} sentences) and newstest2014 "
         f"({news_note}, out of domain for a model trained on image captions), beam 4, length penalty 0.6.", "",
-        markdown_table(rows, ["model", *keys]), "",
-        f"sacreBLEU signature: `{signature}`", "",
+        markdown_table(rows, list(rows[0])), "",
+        "The interval of the difference is a Student-t 95% interval of the mean per-seed difference against "
+        f"RoFormer (paired by seed). sacreBLEU signature: `{signature}`", "",
+        "Paired bootstrap resampling over the test2016 sentences (sacreBLEU, 1000 resamples; each model's BLEU "
+        "[95% interval], and the p-value of its difference from RoFormer of the same seed):", "",
+        markdown_table(tests, list(tests[0])), "",
         "The paper's Table 1 (BLEU, WMT14 En-De newstest2014, Transformer-base scale; quoted for reference, not "
         "comparable in data or scale):", "", markdown_table(paper_rows, list(paper_rows[0])), "",
         "![loss](loss.png)", "",
     ]
     (out / "report.md").write_text("\n".join(text))
-    return results
