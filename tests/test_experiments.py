@@ -112,6 +112,7 @@ def test_optimizers_smoke(tmp_path):
     for name, seeds in runs.items():
         train = seeds[0]["train"]
         assert train["optimizer"] == name.split("-")[1]
+        assert (train["lr"], train["schedule"]) == ((3e-3, "constant") if name.endswith("amos") else (1e-3, "cosine"))
         final = seeds[0]["final"]
         assert 0 < final["validation_mrr"] <= 1 and final["validation_loss"] > 0
     assert runs["rpe-amos"][0]["config"]["position"] == "shaw"
