@@ -98,9 +98,14 @@ def test_extrapolation_smoke(tmp_path):
     assert results["learned"]["2"]["non-overlapping"] == [None]  # no position embedding past L
     assert all(v > 0 for v in results["alibi"]["4"]["sliding"])
     assert {"rope + linear (PI)", "rope + YaRN", "rope + dynamic NTK"} <= set(results)
+    assert set(results["rope, fine-tuned at 1L (control)"]) == {"1", "2"}  # the same updates at L, as control
     report = (tmp_path / "report.md").read_text()
-    assert "n/a" in report and "fine-tuned at 2L" in report
+    assert "n/a" in report and "fine-tuned at 2L" in report and "relative to the same model at L" in report
     assert (tmp_path / "perplexity_sliding.png").stat().st_size > 10_000
+    # resuming reuses every seed's evaluations and fine-tunes: the same results
+    before = (tmp_path / "results.json").read_text()
+    assert main(["experiment", "extrapolation", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == json.loads(before)["results"]
 
 
 def test_optimizers_smoke(tmp_path):

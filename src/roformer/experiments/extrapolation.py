@@ -95,43 +95,61 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
         return {}
     head_dim = base["model"]["hidden_size"] // base["model"]["num_heads"]
     results: dict[str, dict] = {}  # method -> factor -> mode -> [loss per seed]
+    costs = []  # (tokens, minutes) per fine-tune
     for seed in seed_list:
-        for name in VARIANTS:
-            model = DecoderLM.from_pretrained(source / name / f"seed{seed}" / "model").to(device).eval()
-            for factor in factors:
-                methods = scalings(factor, seq_len, head_dim) if name == "rope" else {name: None}
-                for method, parameters in methods.items():
-                    scores = evaluate(with_scaling(model, parameters), valid, seq_len, factor)
-                    for mode, loss in scores.items():
-                        results.setdefault(method, {}).setdefault(factor, {}).setdefault(mode, []).append(loss)
-        finetuned, minutes = finetune_rope(source / "rope" / f"seed{seed}" / "model", train, valid, p, base,
-                                           train_config, out / "finetune" / f"seed{seed}", resume, head_dim)
-        for method, scores in finetuned.items():
-            for factor, modes in scores.items():
+        cache = out / "evaluations" / f"seed{seed}.json"  # a seed's evaluations, reused on --resume
+        key = {"factors": list(factors), "finetune_steps": p["finetune_steps"], "finetune_factor": p["finetune_factor"]}
+        saved = json.loads(cache.read_text()) if resume and cache.is_file() else {}
+        if saved.get("key") != key:
+            scores: dict[str, dict] = {}
+            for name in VARIANTS:
+                model = DecoderLM.from_pretrained(source / name / f"seed{seed}" / "model").to(device).eval()
+                for factor in factors:
+                    methods = scalings(factor, seq_len, head_dim) if name == "rope" else {name: None}
+                    for method, parameters in methods.items():
+                        scores.setdefault(method, {})[str(factor)] = evaluate(with_scaling(model, parameters), valid,
+                                                                              seq_len, factor)
+            finetuned, seed_costs = finetune_rope(source / "rope" / f"seed{seed}" / "model", train, valid, p, base,
+                                                  train_config, out / "finetune" / f"seed{seed}", resume, head_dim)
+            saved = {"key": key, "scores": scores | finetuned, "costs": seed_costs}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(saved, indent=2))
+        for method, by_factor in saved["scores"].items():
+            for factor, modes in by_factor.items():
                 for mode, loss in modes.items():
-                    results.setdefault(method, {}).setdefault(factor, {}).setdefault(mode, []).append(loss)
-    (out / "results.json").write_text(json.dumps({"results": results, "finetune_minutes": minutes}, indent=2))
-    write_report(results, p, base, seed_list, out, command or f"roformer experiment extrapolation --preset {preset}")
+                    results.setdefault(method, {}).setdefault(int(factor), {}).setdefault(mode, []).append(loss)
+        costs += saved["costs"]
+    (out / "results.json").write_text(json.dumps({"results": results, "finetune_costs": costs}, indent=2))
+    write_report(results, costs, p, base, seed_list, out,
+                 command or f"roformer experiment extrapolation --preset {preset}")
     return results
 
 
 def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_config, run_dir: Path, resume: bool,
-                  head_dim: int) -> tuple[dict, float]:
-    """RoPE fine-tuned for a few updates at finetune_factor x L under each scaling, then evaluated there."""
+                  head_dim: int) -> tuple[dict, list]:
+    """RoPE fine-tuned for a few updates at finetune_factor x L under each scaling, then evaluated there; and,
+    as the control, plain RoPE fine-tuned for as many updates at L (is it the length or the extra training?),
+    evaluated at L and at finetune_factor x L. Returns the scores and (tokens, minutes) per fine-tune."""
     from ..train import Trainer
     from ..train.lm import next_token_loss, window_batches
 
     factor, seq_len = p["finetune_factor"], base["seq_len"]
-    length, scores, started = seq_len * factor, {}, time.perf_counter()
-    for method, parameters in scalings(factor, seq_len, head_dim).items():
+    runs = {f"{method}, fine-tuned at {factor}L": (parameters, factor)
+            for method, parameters in scalings(factor, seq_len, head_dim).items()}
+    runs["rope, fine-tuned at 1L (control)"] = (None, 1)
+    scores, costs = {}, []
+    for name, (parameters, at) in runs.items():
+        started = time.perf_counter()
         model = with_scaling(DecoderLM.from_pretrained(model_dir), parameters).train()
         config = dataclasses.replace(train_config, max_steps=p["finetune_steps"], warmup_steps=0, eval_every=0,
                                      lr=train_config.lr * 0.1, schedule="constant")
-        batch_fn = window_batches(train, length, max(1, base["batch_size"] // factor), config.seed)
-        slug = method.split(" (")[0].replace(" + ", "-").replace(" ", "-")
-        Trainer(model, config, run_dir / slug, batch_fn, next_token_loss, desc=f"fine-tune {method}").fit(resume)
-        scores[f"{method}, fine-tuned at {factor}L"] = {factor: evaluate(model, valid, seq_len, factor)}
-    return scores, (time.perf_counter() - started) / 60
+        batch_size = max(1, base["batch_size"] // at)
+        batch_fn = window_batches(train, seq_len * at, batch_size, config.seed)
+        slug = name.split(" (")[0].split(",")[0].replace(" + ", "-").replace(" ", "-") + ("-1L" if at == 1 else "")
+        Trainer(model, config, run_dir / slug, batch_fn, next_token_loss, desc=f"fine-tune {name}").fit(resume)
+        scores[name] = {str(f): evaluate(model, valid, seq_len, f) for f in sorted({1, factor} if at == 1 else {at})}
+        costs.append((p["finetune_steps"] * batch_size * seq_len * at, (time.perf_counter() - started) / 60))
+    return scores, costs
 
 
 def _cell(values: list) -> str:
@@ -143,19 +161,40 @@ def _cell(values: list) -> str:
     return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
-def write_report(results: dict, p: dict, base: dict, seeds: list[int], out: Path, command: str) -> None:
+def write_report(results: dict, costs: list, p: dict, base: dict, seeds: list[int], out: Path, command: str) -> None:
     from ..report import plot_lines
 
     factors, seq_len = p["factors"], base["seq_len"]
+    pretraining = base["train"]["max_steps"] * base["batch_size"] * seq_len
+    tokens = costs[0][0]
+    minutes = mean_std([m for _, m in costs])[0]
     lines = ["# Length extrapolation: perplexity against evaluation length", "", f"Produced by: `{command}`", "",
              f"Decoders of the pe_compare `{p['base']}` preset trained at L = {seq_len} tokens, seeds "
              f"{', '.join(map(str, seeds))}; perplexity (mean ± std over seeds) on the same held-out tokens. "
              f"Fine-tuning: {p['finetune_steps']} updates at {p['finetune_factor']}L, batch "
-             f"{max(1, base['batch_size'] // p['finetune_factor'])}, lr x0.1, constant.", ""]
+             f"{max(1, base['batch_size'] // p['finetune_factor'])}, lr x0.1, constant: {tokens:,} tokens, "
+             f"{100 * tokens / pretraining:.0f}% of the {pretraining:,} tokens of pre-training, about "
+             f"{minutes:.1f} minutes each here (evaluation included, on 2 shared CPU cores). The control is plain "
+             "RoPE fine-tuned with the same updates and tokens at L.", "",
+             "Non-overlapping windows: the held-out tokens cut into windows of the evaluation length, each from no "
+             "context. Sliding windows: windows of the evaluation length every half window, each token scored once "
+             "with at least half a window of context (Press et al.'s evaluation); from 2L on, every scored token "
+             "but those of the first window sits at or beyond the training length.", ""]
     for mode in ("non-overlapping", "sliding"):
         rows = [{"method": method, **{f"{f}L = {f * seq_len}": _cell(by_factor.get(f, {}).get(mode, []))
                                       for f in factors}} for method, by_factor in results.items()]
         lines += [f"## {mode} windows", "", markdown_table(rows, list(rows[0])), ""]
+        ratios = []  # per seed, against the same trained model at L
+        for method, by_factor in results.items():
+            reference = results["rope" if method.startswith("rope") else method][1][mode]
+            if "fine-tuned" in method or method == "learned":  # learned: no perplexity past L
+                continue
+            ratios.append({"method": method, **{
+                f"{f}L": "{:.3f} ± {:.3f}".format(*mean_std([math.exp(a - b) for a, b in
+                                                             zip(by_factor[f][mode], reference, strict=True)]))
+                for f in factors if f > 1 and by_factor.get(f, {}).get(mode, [None])[0] is not None}})
+        lines += [f"Perplexity relative to the same model at L ({mode}; mean ± std over seeds of the per-seed "
+                  "ratio; RoPE's scalings against plain RoPE at L):", "", markdown_table(ratios, list(ratios[0])), ""]
         curves = {method: [(f * seq_len, math.exp(mean_std(v[mode])[0])) for f, v in sorted(by_factor.items())
                            if v[mode] and v[mode][0] is not None] for method, by_factor in results.items()}
         plot_lines(curves, out / f"perplexity_{mode}.png", xlabel="evaluation length (tokens, log scale)",
