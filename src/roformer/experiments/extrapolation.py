@@ -19,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
 
 from ..models.decoder import DecoderConfig, DecoderLM
-from ..report import markdown_table, mean_std
+from ..report import markdown_table, mean_std, read_metrics
 from ..train import is_main_process, preset_train_config
 from ..train.lm import sliding_window_loss, stream_loss
 from . import choose_preset, pe_compare
@@ -95,7 +94,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
         return {}
     head_dim = base["model"]["hidden_size"] // base["model"]["num_heads"]
     results: dict[str, dict] = {}  # method -> factor -> mode -> [loss per seed]
-    costs = []  # (tokens, minutes) per fine-tune
+    costs = []  # (tokens, training minutes) per fine-tune
     for seed in seed_list:
         cache = out / "evaluations" / f"seed{seed}.json"  # a seed's evaluations, reused on --resume
         key = {"factors": list(factors), "finetune_steps": p["finetune_steps"], "finetune_factor": p["finetune_factor"]}
@@ -109,16 +108,16 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
                     for method, parameters in methods.items():
                         scores.setdefault(method, {})[str(factor)] = evaluate(with_scaling(model, parameters), valid,
                                                                               seq_len, factor)
-            finetuned, seed_costs = finetune_rope(source / "rope" / f"seed{seed}" / "model", train, valid, p, base,
-                                                  train_config, out / "finetune" / f"seed{seed}", resume, head_dim)
-            saved = {"key": key, "scores": scores | finetuned, "costs": seed_costs}
+            finetuned = finetune_rope(source / "rope" / f"seed{seed}" / "model", train, valid, p, base, train_config,
+                                      out / "finetune" / f"seed{seed}", resume, head_dim)
+            saved = {"key": key, "scores": scores | finetuned}
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(saved, indent=2))
         for method, by_factor in saved["scores"].items():
             for factor, modes in by_factor.items():
                 for mode, loss in modes.items():
                     results.setdefault(method, {}).setdefault(int(factor), {}).setdefault(mode, []).append(loss)
-        costs += saved["costs"]
+        costs += [finetune_cost(d, p, base) for d in sorted((out / "finetune" / f"seed{seed}").iterdir())]
     (out / "results.json").write_text(json.dumps({"results": results, "finetune_costs": costs}, indent=2))
     write_report(results, costs, p, base, seed_list, out,
                  command or f"roformer experiment extrapolation --preset {preset}")
@@ -126,10 +125,10 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
 
 
 def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_config, run_dir: Path, resume: bool,
-                  head_dim: int) -> tuple[dict, list]:
+                  head_dim: int) -> dict:
     """RoPE fine-tuned for a few updates at finetune_factor x L under each scaling, then evaluated there; and,
     as the control, plain RoPE fine-tuned for as many updates at L (is it the length or the extra training?),
-    evaluated at L and at finetune_factor x L. Returns the scores and (tokens, minutes) per fine-tune."""
+    evaluated at L and at finetune_factor x L."""
     from ..train import Trainer
     from ..train.lm import next_token_loss, window_batches
 
@@ -137,9 +136,8 @@ def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_conf
     runs = {f"{method}, fine-tuned at {factor}L": (parameters, factor)
             for method, parameters in scalings(factor, seq_len, head_dim).items()}
     runs["rope, fine-tuned at 1L (control)"] = (None, 1)
-    scores, costs = {}, []
+    scores = {}
     for name, (parameters, at) in runs.items():
-        started = time.perf_counter()
         model = with_scaling(DecoderLM.from_pretrained(model_dir), parameters).train()
         config = dataclasses.replace(train_config, max_steps=p["finetune_steps"], warmup_steps=0, eval_every=0,
                                      lr=train_config.lr * 0.1, schedule="constant")
@@ -148,8 +146,16 @@ def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_conf
         slug = name.split(" (")[0].split(",")[0].replace(" + ", "-").replace(" ", "-") + ("-1L" if at == 1 else "")
         Trainer(model, config, run_dir / slug, batch_fn, next_token_loss, desc=f"fine-tune {name}").fit(resume)
         scores[name] = {str(f): evaluate(model, valid, seq_len, f) for f in sorted({1, factor} if at == 1 else {at})}
-        costs.append((p["finetune_steps"] * batch_size * seq_len * at, (time.perf_counter() - started) / 60))
-    return scores, costs
+    return scores
+
+
+def finetune_cost(run_dir: Path, p: dict, base: dict) -> tuple[int, float]:
+    """(tokens, training minutes) of a fine-tune, the minutes from its logged throughput (so that a resumed
+    run keeps the cost measured by the process that trained it)."""
+    at = 1 if run_dir.name.endswith("-1L") else p["finetune_factor"]
+    tokens = p["finetune_steps"] * max(1, base["batch_size"] // at) * base["seq_len"] * at
+    rates = [r["tokens_per_s"] for r in read_metrics(run_dir) if "tokens_per_s" in r]
+    return tokens, tokens / (sum(rates) / len(rates)) / 60
 
 
 def _cell(values: list) -> str:
@@ -174,7 +180,7 @@ def write_report(results: dict, costs: list, p: dict, base: dict, seeds: list[in
              f"Fine-tuning: {p['finetune_steps']} updates at {p['finetune_factor']}L, batch "
              f"{max(1, base['batch_size'] // p['finetune_factor'])}, lr x0.1, constant: {tokens:,} tokens, "
              f"{100 * tokens / pretraining:.0f}% of the {pretraining:,} tokens of pre-training, about "
-             f"{minutes:.1f} minutes each here (evaluation included, on 2 shared CPU cores). The control is plain "
+             f"{minutes:.1f} minutes of training each here (from the logged throughput). The control is plain "
              "RoPE fine-tuned with the same updates and tokens at L.", "",
              "Non-overlapping windows: the held-out tokens cut into windows of the evaluation length, each from no "
              "context. Sliding windows: windows of the evaluation length every half window, each token scored once "
