@@ -173,15 +173,16 @@ def write_report(results: dict, costs: list, p: dict, base: dict, seeds: list[in
     factors, seq_len = p["factors"], base["seq_len"]
     pretraining = base["train"]["max_steps"] * base["batch_size"] * seq_len
     tokens = costs[0][0]
-    minutes = mean_std([m for _, m in costs])[0]
+    minutes = sorted(m for _, m in costs)
     lines = ["# Length extrapolation: perplexity against evaluation length", "", f"Produced by: `{command}`", "",
              f"Decoders of the pe_compare `{p['base']}` preset trained at L = {seq_len} tokens, seeds "
              f"{', '.join(map(str, seeds))}; perplexity (mean ± std over seeds) on the same held-out tokens. "
              f"Fine-tuning: {p['finetune_steps']} updates at {p['finetune_factor']}L, batch "
              f"{max(1, base['batch_size'] // p['finetune_factor'])}, lr x0.1, constant: {tokens:,} tokens, "
-             f"{100 * tokens / pretraining:.0f}% of the {pretraining:,} tokens of pre-training, about "
-             f"{minutes:.1f} minutes of training each here (from the logged throughput). The control is plain "
-             "RoPE fine-tuned with the same updates and tokens at L.", "",
+             f"{100 * tokens / pretraining:.0f}% of the {pretraining:,} tokens of pre-training; training took "
+             f"{minutes[len(minutes) // 2]:.1f} minutes (median; {minutes[0]:.1f} to {minutes[-1]:.1f}, from the "
+             "logged throughput, on CPU cores shared with other runs). The control is plain RoPE fine-tuned with "
+             "the same updates and tokens at L.", "",
              "Non-overlapping windows: the held-out tokens cut into windows of the evaluation length, each from no "
              "context. Sliding windows: windows of the evaluation length every half window, each token scored once "
              "with at least half a window of context (Press et al.'s evaluation); from 2L on, every scored token "
