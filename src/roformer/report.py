@@ -28,15 +28,19 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _save_plot(fig, ax, out_png: str | Path, title: str, ylabel: str, xlabel: str = "training step") -> Path:
-    """Label the axes, title, grid and legend; write the PNG."""
+def _save_plot(fig, ax, out_png: str | Path, title: str, ylabel: str, xlabel: str = "training step",
+               legend_beside: bool = False) -> Path:
+    """Label the axes, title, grid and legend (over the axes, or beside them); write the PNG."""
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    if legend_beside:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -185,18 +189,22 @@ def plot_seed_bands(runs: dict[str, list[str | Path]], out_png: str | Path, key:
 
 def plot_lines(curves: dict[str, list[tuple[float, float]]], out_png: str | Path, xlabel: str, ylabel: str,
                title: str, log: bool = True) -> Path:
-    """One line with markers per label through its (x, y) points, log-scaled axes by default."""
+    """One line with markers per label through its (x, y) points, log-scaled axes by default; more than ten
+    labels get twenty colours and a legend beside the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for label, points in curves.items():
+    many = len(curves) > 10
+    fig, ax = plt.subplots(figsize=(11 if many else 7, 4.5), dpi=120)
+    colours = plt.get_cmap("tab20" if many else "tab10").colors
+    for i, (label, points) in enumerate(curves.items()):
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            ax.plot(xs, ys, marker="os^D"[i // len(colours) % 4], markersize=4, label=label,
+                    color=colours[i % len(colours)], linestyle="-" if len(points) > 1 else "none")
     if log:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-    return _save_plot(fig, ax, out_png, title, ylabel, xlabel)
+    return _save_plot(fig, ax, out_png, title, ylabel, xlabel, legend_beside=many)
