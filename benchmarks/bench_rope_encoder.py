@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--encoder-rounds", type=int, default=5)
     parser.add_argument("--skip-bf16", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 layers, fewer rounds")
+    parser.add_argument("--rope-only", action="store_true", help="the RoPE rows only, no encoder")
     args = parser.parse_args()
     if args.quick:
         args.layers, args.rounds, args.repeats, args.encoder_rounds = 2, 3, 5, 3
@@ -151,7 +152,7 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, CPU flags of note: {', '.join(flags) or 'none (AVX2)'}")
     print(f"shapes: q, k = ({args.batch}, 12, {args.seq}, 64); encoder: base width, {args.layers} layers, "
           f"batch {args.batch} x {args.seq} tokens\n")
-    rows = rope_rows(args) + encoder_rows(args)
+    rows = rope_rows(args) + ([] if args.rope_only else encoder_rows(args))
     print("| measurement | roformer | huggingface | copy of q, k | HF / roformer | roformer / copy |")
     print("|---|---|---|---|---|---|")
     for name, t in rows:

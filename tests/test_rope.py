@@ -87,8 +87,9 @@ def test_rotation_preserves_norm(half_dim, m, interleaved):
     torch.testing.assert_close(rotate_at(x, m, interleaved).norm(dim=-1), x.norm(dim=-1))
 
 
-def test_position_forms_agree():
-    rope = RotaryEmbedding(16)
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_position_forms_agree(interleaved):
+    rope = RotaryEmbedding(16, interleaved=interleaved)
     q, k = torch.randn(2, 3, 4, 6, 16, dtype=torch.float64).unbind(0)
     default = rope(q, k)
     torch.testing.assert_close(default, rope(q, k, positions=0))

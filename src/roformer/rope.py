@@ -104,8 +104,15 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
             return out
         pairs = torch.view_as_complex(x[..., :rot].to(compute).contiguous().unflatten(-1, (-1, 2)))
         rotated = torch.view_as_real(pairs * cis).flatten(-2)
+    elif not torch.compiler.is_compiling() and x.dtype == compute and rot == x.shape[-1]:
+        # half split as one swap of the halves and two full-width passes over contiguous memory:
+        # (x1, x2) -> (x2, x1) * (-sin, sin) + (x1, x2) * (cos, cos)
+        pairs = x.unflatten(-1, (2, rot // 2))
+        out = pairs.flip(-2)
+        out.mul_(torch.stack((-sin, sin), -2)).addcmul_(pairs, torch.stack((cos, cos), -2))
+        return out.flatten(-2)
     elif not torch.compiler.is_compiling() and x.dtype == compute:
-        # half split: each half of the output written in place by one multiply and one fused multiply-add
+        # partial half split: each half of the output written in place by one multiply and one multiply-add
         half = rot // 2
         out = torch.empty_like(x)
         x1, x2, o1, o2 = x[..., :half], x[..., half:rot], out[..., :half], out[..., half:rot]
