@@ -7,7 +7,7 @@ import pytest
 
 from roformer.cli import main
 from roformer.data.tokenizer import ChineseTokenizer, RoFormerTokenizer, load_tokenizer, save_tokenizer
-from roformer.experiments.chinese import pair_ids
+from roformer.experiments.chinese import pair_ids, run
 
 from .conftest import require_data
 
@@ -94,6 +94,9 @@ def test_chinese_recipe_smoke(tmp_path):
     assert main(["experiment", "chinese", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["stages"] == results["stages"] and again["tasks"] == results["tasks"]
+    # a finished stage is reused only by the same run: other settings are refused, naming the difference
+    with pytest.raises(ValueError, match="cannot resume .*stage1.*max_steps: run has 4, command has 1"):
+        run("smoke", None, tmp_path, resume=True, max_steps=1)
 
 
 def test_mcnemar_against_the_binomial_distribution():

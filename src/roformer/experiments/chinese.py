@@ -19,8 +19,10 @@ evaluated at 1024; it was pre-trained at 1024 (stage 3), so this is not extrapol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -31,7 +33,7 @@ from ..data.padding import right_pad
 from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, mean_std, plot_curves
-from ..train import TrainConfig, Trainer, is_main_process, preset_train_config
+from ..train import TrainConfig, Trainer, check_same_run, is_main_process, preset_train_config
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset
 
@@ -166,17 +168,25 @@ def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
     return only_a, only_b, binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
 
 
+def _fingerprint(items) -> str:
+    """How many items and a CRC-32 of their JSON: what a resume compares to know it has the same data."""
+    return f"{len(items)} items, crc32 {zlib.crc32(json.dumps(items, ensure_ascii=False).encode()):08x}"
+
+
 def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dict, out: Path, device, dtype,
               resume: bool) -> tuple[Path, list[dict]]:
     """Multi-stage MLM: stage i starts from stage i-1's saved model. Returns the last model dir and per-stage
     results."""
     results, previous, ids = [], None, None
+    data = {"corpus": _fingerprint(docs["train"]), "tokenizer": _fingerprint(list(tok.vocab))}
     for i, (max_len, batch_size, steps) in enumerate(stages, start=1):
         stage_dir = out / name / f"stage{i}"
         train_config = preset_train_config({**p["pretrain"], "max_steps": steps, "eval_every": 0}, device, dtype,
                                            save_every=max(1, steps // 4), keep_last=1)
+        identity = {"model": config.to_dict(), "stage": i, "max_len": max_len, "batch_size": batch_size, **data}
         done = stage_dir / "summary.json"
         if resume and done.is_file():
+            check_same_run(stage_dir, dataclasses.asdict(train_config), identity)  # a finished stage of this run
             results.append(json.loads(done.read_text()))
             previous = stage_dir / "model"
             continue
@@ -189,7 +199,8 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
         model = (RoFormerForMaskedLM.from_pretrained(previous) if previous else RoFormerForMaskedLM(config))
         started = time.perf_counter()
         final = Trainer(model, train_config, stage_dir, batch_fn, loss_fn, eval_fn,
-                        desc=f"{stage_dir.parent.name} stage {i} (length {max_len})").fit(resume=resume)
+                        desc=f"{stage_dir.parent.name} stage {i} (length {max_len})", identity=identity
+                        ).fit(resume=resume)
         if not is_main_process():
             continue
         model.save_pretrained(stage_dir / "model")
@@ -206,15 +217,18 @@ def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run
               resume: bool, eval_lengths: tuple[int, ...]) -> dict:
     """Fine-tune on ``task`` (its train / validation / test data) at ``max_len`` with ``seed``; the accuracy and
     the per-example results on validation and test at each evaluation length."""
-    done = run_dir / "summary.json"
-    if resume and done.is_file():
-        return json.loads(done.read_text())
     train = task["train"]
     steps_per_epoch = max(1, len(train) // m["batch_size"])
     total = m["epochs"] * steps_per_epoch
     config = TrainConfig(max_steps=total, lr=m["lr"], schedule="linear", warmup_steps=max(1, total // 10),
                          min_lr_ratio=0.0, eval_every=steps_per_epoch, save_every=steps_per_epoch, keep_last=1,
                          log_every=5, device=device, dtype=dtype or "float32", seed=seed)
+    identity = {"model": str(model_dir), "max_len": max_len, "eval_lengths": list(eval_lengths),
+                **{split: _fingerprint([d.ids, d.targets(list(range(len(d)))).tolist()]) for split, d in task.items()}}
+    done = run_dir / "summary.json"
+    if resume and done.is_file():
+        check_same_run(run_dir, dataclasses.asdict(config), identity)  # a finished fine-tune of this run
+        return json.loads(done.read_text())
     torch.manual_seed(seed)
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=train.num_labels)
 
@@ -233,9 +247,8 @@ def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run
         correct = correct_per_example(net, task["validation"], max_len)
         return {"accuracy": 100.0 * sum(correct) / len(correct)}
 
-    Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"{run_dir.parent.parent.name} "
-            f"{run_dir.parent.name} {run_dir.name}", identity={"model": str(model_dir), "max_len": max_len}
-            ).fit(resume=resume)
+    Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, identity=identity,
+            desc=f"{run_dir.parent.parent.name} {run_dir.parent.name} {run_dir.name}").fit(resume=resume)
     model.eval()
     out = {}
     with torch.no_grad():

@@ -6,6 +6,7 @@ from .optim import build_optimizer, lr_multiplier
 from .trainer import (
     TrainConfig,
     Trainer,
+    check_same_run,
     init_distributed,
     is_main_process,
     preset_train_config,
@@ -13,4 +14,4 @@ from .trainer import (
 
 __all__ = ["TrainConfig", "Trainer", "preset_train_config", "build_optimizer", "lr_multiplier",
            "token_cross_entropy", "average_checkpoints", "latest_checkpoint", "list_checkpoints",
-           "init_distributed", "is_main_process"]
+           "init_distributed", "is_main_process", "check_same_run"]

@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .optim import SCHEDULES, build_optimizer, lr_multiplier
 
-__all__ = ["TrainConfig", "Trainer", "init_distributed", "is_main_process", "preset_train_config"]
+__all__ = ["TrainConfig", "Trainer", "check_same_run", "init_distributed", "is_main_process", "preset_train_config"]
 
 
 @dataclass
@@ -107,6 +107,31 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+# settings that may differ between an interrupted run and its resume: they change no result
+_RESUMABLE = ("device", "progress", "log_every", "eval_every", "save_every", "keep_last")
+
+
+def check_same_run(run_dir: str | Path, config: dict, identity: dict) -> None:
+    """Refuse to continue (or reuse) a run directory whose saved ``train_config.json`` and ``run.json`` differ
+    from this command's settings and identity: one error naming every difference."""
+    differ = []
+    for name, current in (("train_config.json", config), ("run.json", identity)):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"cannot resume: {path} is not valid JSON ({e})") from None
+        current = json.loads(json.dumps(current))  # tuples as lists, as saved
+        differ += [f"{k}: run has {saved.get(k)!r}, command has {current.get(k)!r}"
+                   for k in sorted(set(saved) | set(current))
+                   if k not in _RESUMABLE and saved.get(k) != current.get(k)]
+    if differ:
+        raise ValueError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
+                         ". Run without --resume into another --out, or repeat the original command")
+
+
 class Trainer:
     def __init__(
         self,
@@ -166,27 +191,8 @@ class Trainer:
             return None
         return save_checkpoint(self.checkpoint_dir, self.step, self.model, self._state(), self.config.keep_last)
 
-    # settings that may differ between an interrupted run and its resume: they change no result
-    _RESUMABLE = ("device", "progress", "log_every", "eval_every", "save_every", "keep_last")
-
     def _check_same_run(self) -> None:
-        """Refuse to resume a run directory whose saved settings differ from this command's."""
-        differ = []
-        for name, current in (("train_config.json", dataclasses.asdict(self.config)), ("run.json", self.identity)):
-            path = self.run_dir / name
-            if not path.is_file():
-                continue
-            try:
-                saved = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"cannot resume: {path} is not valid JSON ({e})") from None
-            current = json.loads(json.dumps(current))  # tuples as lists, as saved
-            differ += [f"{k}: run has {saved.get(k)!r}, command has {current.get(k)!r}"
-                       for k in sorted(set(saved) | set(current))
-                       if k not in self._RESUMABLE and saved.get(k) != current.get(k)]
-        if differ:
-            raise ValueError(f"cannot resume {self.run_dir}: it was started with other settings ({'; '.join(differ)})"
-                             ". Run without --resume into another --out, or repeat the original command")
+        check_same_run(self.run_dir, dataclasses.asdict(self.config), self.identity)
 
     def resume(self) -> bool:
         """Continue from the latest readable checkpoint in the run directory; False when there is none."""
