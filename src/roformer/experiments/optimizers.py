@@ -94,7 +94,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/optimizers
         + ("(the Amos authors' 1/sqrt(number of batches) diverged at this scale: 0.028 and 0.01 made the loss "
            "jump within 20 updates; 0.003 was the largest stable value in that probe)" if q["amos_lr"] else
            f"= 1/sqrt({batches} batches), the Amos authors' rule") + ", constant after the warm-up (settings "
-        "ours). Seeds {', '.join(map(str, seed_list))}: a seed sets initialisation, batches and masks, "
+        f"ours). Seeds {', '.join(map(str, seed_list))}: a seed sets initialisation, batches and masks, "
         "the same for every run.", "",
         "## Each encoder against RoFormer, per optimiser", "", *tables,
         "## Amos against AdamW, per encoder (paired by seed)", "", markdown_table(gains, list(gains[0])), "",
