@@ -22,6 +22,7 @@ from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import is_main_process, preset_train_config
 from . import choose_preset
 from .lm_compare import eval_curve, steps_to_reach, train_variants
+from .seeds import run_dirs
 
 VARIANTS = ("learned", "t5", "rope", "sinusoidal", "alibi", "none")  # the paper's three, then extra rows
 
@@ -81,10 +82,10 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/pe_compare
     if not is_main_process():
         return results
     losses = {name: [r["final"]["validation_loss"] for r in runs] for name, runs in results.items()}
-    run_dirs = {name: [out / name / f"seed{s}" for s in seed_list] for name in results}
+    dirs = run_dirs(out, results, seed_list)
     rope_curve = []
     if "rope" in results:  # the mean over seeds of RoPE's validation curve
-        curves = [eval_curve(d) for d in run_dirs["rope"]]
+        curves = [eval_curve(d) for d in dirs["rope"]]
         rope_curve = [(step, mean_std([c[i][1] for c in curves])[0]) for i, (step, _) in enumerate(curves[0])]
     rows = seed_rows(losses, "rope", "validation loss")
     for row, (name, runs) in zip(rows, results.items(), strict=True):
@@ -93,9 +94,9 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/pe_compare
         row["parameters"] = runs[0]["final"]["parameters"]
         row["RoPE (mean curve) reaches this mean loss at step"] = "" if name == "rope" else (reach or "not reached")
         row["minutes per run"] = f"{mean_std([r['final']['minutes'] for r in runs])[0]:.1f}"
-    plot_seed_bands(run_dirs, out / "validation_loss.png", key="eval/loss",
+    plot_seed_bands(dirs, out / "validation_loss.png", key="eval/loss",
                     title="Position encodings on a GPT-style LM (Wikipedia sample): validation loss (Fig. 4)")
-    plot_seed_bands(run_dirs, out / "training_loss.png", key="loss",
+    plot_seed_bands(dirs, out / "training_loss.png", key="loss",
                     title="Position encodings on a GPT-style LM: training loss")
     (out / "results.json").write_text(json.dumps({"rows": rows, "validation_loss": losses}, indent=2))
     text = [

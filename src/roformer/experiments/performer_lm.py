@@ -20,6 +20,7 @@ from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import is_main_process, preset_train_config
 from . import choose_preset
 from .lm_compare import train_variants
+from .seeds import run_dirs
 
 PRESETS = {
     "smoke": dict(model=dict(hidden_size=32, num_layers=1, num_heads=2, num_features=16), seq_len=64,
@@ -58,10 +59,10 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/performer_
     for row, runs in zip(rows, results.values(), strict=True):
         row["parameters"] = runs[0]["final"]["parameters"]
         row["minutes per run"] = f"{mean_std([r['final']['minutes'] for r in runs])[0]:.1f}"
-    run_dirs = {n: [out / n / f"seed{s}" for s in seed_list] for n in variants}
-    plot_seed_bands(run_dirs, out / "training_loss.png", key="loss",
+    dirs = run_dirs(out, results, seed_list)
+    plot_seed_bands(dirs, out / "training_loss.png", key="loss",
                     title="Performer on enwik8: training loss with and without RoPE (Fig. 3 right)")
-    plot_seed_bands(run_dirs, out / "validation_loss.png", key="eval/loss",
+    plot_seed_bands(dirs, out / "validation_loss.png", key="eval/loss",
                     title="Performer on enwik8: validation loss")
     (out / "results.json").write_text(json.dumps({"rows": rows, "validation_bpc": bpc}, indent=2))
     text = [

@@ -56,11 +56,12 @@ def masked_lm_functions(tok, train: tuple[torch.Tensor, torch.Tensor], valid: tu
             labels = valid_labels[s : s + 32].to(device)
             logits = net(valid_inputs[s : s + 32].to(device), valid_mask[s : s + 32].to(device)).logits.float()
             chosen = labels != -100
-            loss_sum += torch.nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
-            correct += (logits[chosen].argmax(-1) == labels[chosen]).sum().item()
-            true_logit = logits[chosen].gather(-1, labels[chosen, None])
-            reciprocal_ranks += (1.0 / (logits[chosen] >= true_logit).sum(-1).double()).sum().item()
-            count += int(chosen.sum())
+            logits, labels = logits[chosen], labels[chosen]  # the masked positions only
+            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            true_logit = logits.gather(-1, labels[:, None])
+            reciprocal_ranks += (1.0 / (logits >= true_logit).sum(-1).double()).sum().item()
+            count += len(labels)
         return {"loss": loss_sum / count, "accuracy": correct / count, "mrr": reciprocal_ranks / count}
 
     return batch_fn, loss_fn, eval_fn
