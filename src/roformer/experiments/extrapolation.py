@@ -117,11 +117,24 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
             for factor, modes in by_factor.items():
                 for mode, loss in modes.items():
                     results.setdefault(method, {}).setdefault(int(factor), {}).setdefault(mode, []).append(loss)
-        costs += [finetune_cost(d, p, base) for d in sorted((out / "finetune" / f"seed{seed}").iterdir())]
+        costs += [finetune_cost(out / "finetune" / f"seed{seed}" / slug,
+                                p["finetune_steps"] * finetune_batch(base, at) * seq_len * at)
+                  for _, at, slug in finetunes(p, base, head_dim).values()]
     (out / "results.json").write_text(json.dumps({"results": results, "finetune_costs": costs}, indent=2))
     write_report(results, costs, p, base, seed_list, out,
                  command or f"roformer experiment extrapolation --preset {preset}")
     return results
+
+
+def finetunes(p: dict, base: dict, head_dim: int) -> dict[str, tuple[dict | None, int, str]]:
+    """The fine-tunes: RoPE under each scaling at finetune_factor x L, and the control, plain RoPE at L;
+    {name: (scaling, length factor, run directory name)}."""
+    factor = p["finetune_factor"]
+    runs = {f"{method}, fine-tuned at {factor}L": (parameters, factor, method.split(" (")[0])
+            for method, parameters in scalings(factor, base["seq_len"], head_dim).items()}
+    runs["rope, fine-tuned at 1L (control)"] = (None, 1, "rope-1L")
+    return {name: (parameters, at, slug.replace(" + ", "-").replace(" ", "-"))
+            for name, (parameters, at, slug) in runs.items()}
 
 
 def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_config, run_dir: Path, resume: bool,
@@ -133,27 +146,25 @@ def finetune_rope(model_dir: Path, train, valid, p: dict, base: dict, train_conf
     from ..train.lm import next_token_loss, window_batches
 
     factor, seq_len = p["finetune_factor"], base["seq_len"]
-    runs = {f"{method}, fine-tuned at {factor}L": (parameters, factor)
-            for method, parameters in scalings(factor, seq_len, head_dim).items()}
-    runs["rope, fine-tuned at 1L (control)"] = (None, 1)
     scores = {}
-    for name, (parameters, at) in runs.items():
+    for name, (parameters, at, slug) in finetunes(p, base, head_dim).items():
         model = with_scaling(DecoderLM.from_pretrained(model_dir), parameters).train()
         config = dataclasses.replace(train_config, max_steps=p["finetune_steps"], warmup_steps=0, eval_every=0,
                                      lr=train_config.lr * 0.1, schedule="constant")
-        batch_size = max(1, base["batch_size"] // at)
-        batch_fn = window_batches(train, seq_len * at, batch_size, config.seed)
-        slug = name.split(" (")[0].split(",")[0].replace(" + ", "-").replace(" ", "-") + ("-1L" if at == 1 else "")
+        batch_fn = window_batches(train, seq_len * at, finetune_batch(base, at), config.seed)
         Trainer(model, config, run_dir / slug, batch_fn, next_token_loss, desc=f"fine-tune {name}").fit(resume)
         scores[name] = {str(f): evaluate(model, valid, seq_len, f) for f in sorted({1, factor} if at == 1 else {at})}
     return scores
 
 
-def finetune_cost(run_dir: Path, p: dict, base: dict) -> tuple[int, float]:
+def finetune_batch(base: dict, at: int) -> int:
+    """Windows per fine-tuning batch at ``at`` x L: the pre-training batch's tokens."""
+    return max(1, base["batch_size"] // at)
+
+
+def finetune_cost(run_dir: Path, tokens: int) -> tuple[int, float]:
     """(tokens, training minutes) of a fine-tune, the minutes from its logged throughput (so that a resumed
     run keeps the cost measured by the process that trained it)."""
-    at = 1 if run_dir.name.endswith("-1L") else p["finetune_factor"]
-    tokens = p["finetune_steps"] * max(1, base["batch_size"] // at) * base["seq_len"] * at
     rates = [r["tokens_per_s"] for r in read_metrics(run_dir) if "tokens_per_s" in r]
     return tokens, tokens / (sum(rates) / len(rates)) / 60
 
@@ -178,7 +189,7 @@ def write_report(results: dict, costs: list, p: dict, base: dict, seeds: list[in
              f"Decoders of the pe_compare `{p['base']}` preset trained at L = {seq_len} tokens, seeds "
              f"{', '.join(map(str, seeds))}; perplexity (mean ± std over seeds) on the same held-out tokens. "
              f"Fine-tuning: {p['finetune_steps']} updates at {p['finetune_factor']}L, batch "
-             f"{max(1, base['batch_size'] // p['finetune_factor'])}, lr x0.1, constant: {tokens:,} tokens, "
+             f"{finetune_batch(base, p['finetune_factor'])}, lr x0.1, constant: {tokens:,} tokens, "
              f"{100 * tokens / pretraining:.0f}% of the {pretraining:,} tokens of pre-training; training took "
              f"{minutes[len(minutes) // 2]:.1f} minutes (median; {minutes[0]:.1f} to {minutes[-1]:.1f}, from the "
              "logged throughput, on CPU cores shared with other runs). The control is plain RoPE fine-tuned with "
