@@ -4,7 +4,8 @@
     python benchmarks/bench_rope_encoder.py --quick    # fewer layers and repeats, for a quick look
 
 Candidates run interleaved, round after round, on the same tensors and weights; each row reports the median
-time over rounds and the ratio to the reference, so load from other processes hits all candidates alike.
+time over rounds and the median over rounds of each round's ratio, so load from other processes hits both
+sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -30,15 +31,24 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def race(candidates: dict, rounds: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each candidate, measured in interleaved rounds after one warm-up call."""
+def race(candidates: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each candidate in each of ``rounds`` interleaved rounds, after one warm-up call."""
     for fn in candidates.values():
         fn()
     samples = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
             samples[name].append(timed(fn, repeats))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def ratio(samples: dict, a: str, b: str) -> float:
+    """Median over rounds of a's time over b's in the same round: load that comes and goes within a run hits
+    both sides of each ratio alike, where a ratio of medians would mix rounds. Samples from separate races
+    (the bf16-vs-fp32 row) have no rounds in common and are compared by their medians."""
+    if len(samples[a]) != len(samples[b]):
+        return statistics.median(samples[a]) / statistics.median(samples[b])
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
 
 
 def rope_rows(args) -> list[tuple]:
@@ -157,12 +167,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, t in rows:
         def ms(key, t=t):
-            return f"{t[key] * 1e3:.2f} ms" if key in t else ""
-        speedup = t["huggingface"] / t["roformer"]
-        vs_copy = f"{t['roformer'] / t['copy of q, k']:.2f}x" if "copy of q, k" in t else ""
+            return f"{statistics.median(t[key]) * 1e3:.2f} ms" if key in t else ""
+        vs_copy = f"{ratio(t, 'roformer', 'copy of q, k'):.2f}x" if "copy of q, k" in t else ""
         print(f"| {name} | {ms('roformer')} | {ms('huggingface')} | {ms('copy of q, k')} | "
-              f"{speedup:.2f}x | {vs_copy} |")
-
+              f"{ratio(t, 'huggingface', 'roformer'):.2f}x | {vs_copy} |")
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .rope_kernel import rotate_half_split
 from .rope_scaling import check_rope_parameters, is_length_dependent, scaled_frequencies
 from .rope_scaling import rotary_frequencies as _frequencies
 
@@ -93,6 +94,10 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
     rot = 2 * cos.shape[-1]
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     cos, sin = cos.to(compute), sin.to(compute)
+    if not interleaved and x.dtype == compute:
+        fused = rotate_half_split(x, cos, sin)  # one pass, on CPU (roformer.rope_kernel); None elsewhere
+        if fused is not None:
+            return fused
     if interleaved:
         cis = torch.complex(cos, sin)  # e^(j m theta_i)
         if (not torch.compiler.is_compiling() and rot == x.shape[-1] and x.dtype == compute
@@ -105,8 +110,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
         pairs = torch.view_as_complex(x[..., :rot].to(compute).contiguous().unflatten(-1, (-1, 2)))
         rotated = torch.view_as_real(pairs * cis).flatten(-2)
     elif not torch.compiler.is_compiling() and x.dtype == compute and rot == x.shape[-1]:
-        # half split as one swap of the halves and two full-width passes over contiguous memory:
-        # (x1, x2) -> (x2, x1) * (-sin, sin) + (x1, x2) * (cos, cos)
+        # half split without the CPU kernel (e.g. on CUDA): one swap of the halves and two full-width passes
+        # over contiguous memory, (x1, x2) -> (x2, x1) * (-sin, sin) + (x1, x2) * (cos, cos)
         pairs = x.unflatten(-1, (2, rot // 2))
         out = pairs.flip(-2)
         out.mul_(torch.stack((-sin, sin), -2)).addcmul_(pairs, torch.stack((cos, cos), -2))
