@@ -111,3 +111,27 @@ def test_finetune_a_huggingface_roformer_directory(tmp_path):
     r = finetune_task(hf_dir, "mrpc", "smoke", out=tmp_path / "ft", seeds=1)
     assert r["train_examples"] == 96 and 0 <= r["mean"] <= 100
     assert r["majority_class"] is not None
+
+
+def test_table2_report_pairs_the_encoders_by_seed(tmp_path, tok):
+    """The report's paired rows: BERT's per-seed scores minus RoFormer's, with a Student-t interval computed
+    here from the saved grids."""
+    from scipy import stats
+
+    from roformer.experiments import glue
+
+    require_data("mrpc")
+    models = tmp_path / "mlm"
+    for name in ("bert", "roformer"):
+        _encoder_dir(models / name / "seed0" / "model", tok)
+    out = tmp_path / "glue"
+    results = glue.run("smoke", out=out, models=models, tasks=("mrpc",))
+    bert, rof = (results[name]["mrpc"]["grid"]["0.0001"] for name in ("BERT (ours)", "RoFormer (ours)"))
+    diffs = [a - b for a, b in zip(bert, rof, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| MRPC (F1) | BERT (ours)"))
+    assert f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]" in row
+    assert ", ".join(f"{v:.1f}" for v in bert) in row
