@@ -3,15 +3,16 @@
     python benchmarks/bench_rope_encoder.py            # batch 8 x 512 tokens, base size (as in the README)
     python benchmarks/bench_rope_encoder.py --quick    # fewer layers and repeats, for a quick look
 
-Candidates run interleaved, round after round, on the same tensors and weights; each row reports the median
-time over rounds and the median over rounds of each round's ratio, so load from other processes hits both
-sides of a ratio alike.
+Candidates run interleaved on the same tensors and weights, round after round in a shuffled order, each
+timed after one untimed call; each row reports the median time over rounds and the median over rounds of each
+round's ratio, so load from other processes hits both sides of a ratio alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -24,7 +25,10 @@ import roformer
 
 
 def timed(fn, repeats: int) -> float:
-    """Mean seconds of one call over ``repeats`` calls."""
+    """Mean seconds of one call over ``repeats`` calls that follow one untimed call: the first call after
+    another candidate pays for the memory that candidate freed or evicted (page faults of fresh allocations,
+    cold caches), which belongs to neither."""
+    fn()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
@@ -32,13 +36,15 @@ def timed(fn, repeats: int) -> float:
 
 
 def race(candidates: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each candidate in each of ``rounds`` interleaved rounds, after one warm-up call."""
-    for fn in candidates.values():
-        fn()
+    """Seconds per call of each candidate in each of ``rounds`` interleaved rounds, in an order shuffled each
+    round (HuggingFace's temporaries fault in fresh pages on every call, and whatever always ran after them
+    would start cold)."""
     samples = {name: [] for name in candidates}
+    order, rng = list(candidates), random.Random(0)
     for _ in range(rounds):
-        for name, fn in candidates.items():
-            samples[name].append(timed(fn, repeats))
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(timed(candidates[name], repeats))
     return samples
 
 
@@ -146,8 +152,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (base: 12)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--encoder-rounds", type=int, default=5)
     parser.add_argument("--skip-bf16", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 layers, fewer rounds")
