@@ -12,7 +12,8 @@ rotation is applied in the element-wise form of Eq. 34,
     R_m x = x * cos(m theta) + rotate_pairs(x) * sin(m theta),
 
 which, with each pair read as a complex number x_(2i-1) + j x_(2i), is one complex multiplication by
-exp(j m theta_i). That is how it is computed here.
+exp(j m theta_i). That is how it is computed here; the half split below is computed on CPU by the one-pass
+C loop of :mod:`roformer.rope_kernel`.
 
 Two feature pairings exist in the wild:
 - ``interleaved=True`` (the paper's Eq. 34, every RoFormer checkpoint): pairs (x1, x2), (x3, x4), ...
