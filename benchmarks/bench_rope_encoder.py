@@ -178,5 +178,6 @@ def main() -> None:
         print(f"| {name} | {ms('roformer')} | {ms('huggingface')} | {ms('copy of q, k')} | "
               f"{ratio(t, 'huggingface', 'roformer'):.2f}x | {vs_copy} |")
 
+
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """Atomic file writes: a reader (or a crash at any moment) sees the old file or the new one, never half. Files
-get the permissions the process umask gives a new file (``mkstemp`` alone would make them private)."""
+get the permissions the process umask gives a new file (``mkstemp`` alone would make them private). And the
+cache root, where roformer keeps what it can fetch or rebuild (downloads, compiled kernels)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "read_json", "read_safetensors"]
+__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "read_json", "read_safetensors", "cache_root"]
+
+ENV_CACHE = "ROFORMER_CACHE"
+
+
+def cache_root() -> Path:
+    """``$ROFORMER_CACHE``, default ``~/.cache/roformer``."""
+    return Path(os.environ.get(ENV_CACHE, "~/.cache/roformer")).expanduser()
 
 
 def umask_mode() -> int:

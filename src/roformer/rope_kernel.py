@@ -26,11 +26,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .io import atomic_write, cache_root
 
 __all__ = ["rotate_half_split", "available"]
 
@@ -90,11 +91,6 @@ _VARIANTS = (("-march=native", "-fopenmp"), ("-fopenmp",), ())
 _PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
-def _cache_dir() -> Path:
-    """Beside the data download cache (roformer.data.registry): ``$ROFORMER_CACHE/kernels``."""
-    return Path(os.environ.get("ROFORMER_CACHE", "~/.cache/roformer")).expanduser() / "kernels"
-
-
 def _host() -> str:
     """What a -march=native build depends on: the CPU's model and feature flags (a cache directory may be
     shared by machines with different CPUs, e.g. a home directory on a cluster)."""
@@ -113,22 +109,23 @@ def build(cache_dir: Path, compiler: str | None = None) -> Path | None:
     compiler = shutil.which(compiler or os.environ.get("CC") or "cc")
     if compiler is None:
         return None
+    host = _host()
     for variant in _VARIANTS:
         flags = _FLAGS + variant
-        key = hashlib.sha256("\0".join((_SOURCE, compiler, _host(), *flags)).encode()).hexdigest()[:16]
+        key = hashlib.sha256("\0".join((_SOURCE, compiler, host, *flags)).encode()).hexdigest()[:16]
         library = cache_dir / f"rotate_half_split-{key}.so"
         if library.is_file():
             return library
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-                source, built = Path(tmp, "kernel.c"), Path(tmp, library.name)
-                source.write_text(_SOURCE)
-                done = subprocess.run([compiler, *flags, str(source), "-o", str(built)], capture_output=True,
-                                      timeout=120)
-                if done.returncode == 0:
-                    os.replace(built, library)  # atomic: concurrent processes never load a half-written file
-                    return library
+
+        def compile_to(path: str, flags=flags) -> None:  # the source on stdin, no temporary source file
+            subprocess.run([compiler, *flags, "-x", "c", "-", "-o", path], input=_SOURCE.encode(),
+                           capture_output=True, timeout=120, check=True)
+
+        try:  # atomic: concurrent processes never load a half-written library
+            atomic_write(library, compile_to)
+            return library
+        except subprocess.CalledProcessError:
+            continue  # these flags are not supported here: the next, more portable variant
         except (OSError, subprocess.SubprocessError):
             return None
     return None
@@ -138,7 +135,7 @@ def build(cache_dir: Path, compiler: str | None = None) -> Path | None:
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("ROFORMER_CPU_KERNEL", "1") == "0" or platform.system() == "Windows":
         return None
-    path = build(_cache_dir())
+    path = build(cache_root() / "kernels")
     if path is None:
         return None
     try:

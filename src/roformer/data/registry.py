@@ -31,13 +31,12 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import umask_mode
+from ..io import cache_root, umask_mode
 from .checksums import SHA256
 
 __all__ = ["DataFile", "Dataset", "DataUnavailable", "REGISTRY", "get", "data_dir", "resolve", "available"]
 
 ENV_DATA_DIR = "ROFORMER_DATA_DIR"
-ENV_CACHE = "ROFORMER_CACHE"
 
 
 class DataUnavailable(FileNotFoundError):
@@ -258,7 +257,7 @@ def data_dir(explicit: str | Path | None = None) -> Path | None:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE, "~/.cache/roformer")).expanduser() / "data"
+    return cache_root() / "data"
 
 
 _verified: set[tuple[str, float, int]] = set()
