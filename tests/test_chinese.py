@@ -2,6 +2,7 @@
 end to end (smoke preset)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -97,6 +98,23 @@ def test_chinese_recipe_smoke(tmp_path):
     # a finished stage is reused only by the same run: other settings are refused, naming the difference
     with pytest.raises(ValueError, match="cannot resume .*stage1.*max_steps: run has 4, command has 1"):
         run("smoke", None, tmp_path, resume=True, max_steps=1)
+    # a fresh clone of the report has no weights, vocabularies or checkpoints (.gitignore): the resume trains
+    # the stages again, which must end where they were recorded, and reuses the finished fine-tunings
+    for ignored in [*tmp_path.glob("*/stage*/model"), *tmp_path.glob("**/checkpoints")]:
+        shutil.rmtree(ignored)
+    for ignored in tmp_path.glob("*/vocab.txt"):
+        ignored.unlink()
+    assert main(["experiment", "chinese", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["stages"] == results["stages"] and again["tasks"] == results["tasks"]
+    assert (tmp_path / "wobert" / "stage2" / "model" / "config.json").is_file()
+    # weights that end elsewhere than the record are refused: the fine-tunings would mix two encoders
+    summary = tmp_path / "wobert" / "stage2" / "summary.json"
+    recorded = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**recorded, "MLM loss": recorded["MLM loss"] * (1 + 1e-5)}))
+    shutil.rmtree(tmp_path / "wobert" / "stage2" / "model")
+    with pytest.raises(ValueError, match="cannot resume .*wobert.stage2: trained again .* MLM loss"):
+        run("smoke", None, tmp_path, resume=True)
 
 
 def test_mcnemar_against_the_binomial_distribution():

@@ -148,7 +148,7 @@ def test_resume_continues_every_optimizer_exactly(tmp_path, optimizer):
     def train(run_dir, resume=False):
         model = net()
         config = TrainConfig(max_steps=6, optimizer=optimizer, lr=1e-2, warmup_steps=2, schedule="constant",
-                             save_every=3, progress=False)
+                             save_every=3, log_every=1, progress=False)
         trainer = Trainer(model, config, run_dir, batch_fn, loss_fn)
         trainer.fit(resume=resume)
         return model, trainer
@@ -164,3 +164,12 @@ def test_resume_continues_every_optimizer_exactly(tmp_path, optimizer):
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(net()[0].weight, whole[0].weight)  # it did train
+    # stopped before its first checkpoint, the resumed run starts again at update 1: its curve is logged once
+    stop_at["step"] = 2
+    with pytest.raises(Stopped):
+        train(tmp_path / "early")
+    assert not list_checkpoints(tmp_path / "early" / "checkpoints")
+    stop_at["step"] = None
+    train(tmp_path / "early", resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))

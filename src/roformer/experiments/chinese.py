@@ -188,11 +188,16 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
                                            save_every=max(1, steps // 4), keep_last=1)
         identity = {"model": config.to_dict(), "stage": i, "max_len": max_len, "batch_size": batch_size, **data}
         done = stage_dir / "summary.json"
-        if resume and done.is_file():
+        recorded = json.loads(done.read_text()) if resume and done.is_file() else None
+        if recorded:
             check_same_run(stage_dir, dataclasses.asdict(train_config), identity)  # a finished stage of this run
-            results.append(json.loads(done.read_text()))
-            previous = stage_dir / "model"
-            continue
+            if (stage_dir / "model" / "config.json").is_file():
+                results.append(recorded)
+                previous = stage_dir / "model"
+                continue
+            # the weights are not kept with the report (a fresh clone has only its summary): train the stage
+            # again, which must give the loss the run recorded
+            print(f"{stage_dir}: its model is missing; training the stage again", flush=True)
         if ids is None:  # word segmentation is the slow part: once for all the stages that still train
             ids = {split: document_ids(tok, docs[split]) for split in ("train", "validation")}
         train = packed_sequences(tok, ids["train"], max_len)
@@ -210,10 +215,26 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
         save_tokenizer(tok, stage_dir / "model")
         r = {"stage": i, "max length": max_len, "batch size": batch_size, "steps": steps, "MLM loss": final["loss"],
              "MLM accuracy": final["accuracy"], "minutes": (time.perf_counter() - started) / 60}
+        if recorded:
+            _check_retrained(stage_dir, recorded, r)
+            r = recorded
         done.write_text(json.dumps(r, indent=2))
         results.append(r)
         previous = stage_dir / "model"
     return previous, results
+
+
+def _check_retrained(stage_dir: Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
+    """A stage trained again (its weights were gone) must end where the run recorded: what was fine-tuned on
+    the first weights is then valid for the second. Their final losses agree to ~1e-8 on one CPU (the stage's
+    next stage then starts from bit-identical weights); a larger gap means other weights (another machine's
+    arithmetic, changed code) and the run cannot continue."""
+    for key in ("MLM loss", "MLM accuracy"):
+        a, b = recorded[key], retrained[key]
+        if abs(a - b) > rtol * max(abs(a), 1e-12):
+            raise ValueError(f"cannot resume {stage_dir}: trained again (its model was missing), it ends with "
+                             f"{key} {b!r}, the run recorded {a!r}; its fine-tunings would mix two encoders. "
+                             "Run without --resume into another --out")
 
 
 def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run_dir: Path, device, dtype,
@@ -281,7 +302,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/chinese", 
     toks = {}
     for level, size in (("word", p["vocab"]), ("char", p["char_vocab"])):
         name = "roformer" if level == "word" else "bert"  # where each vocabulary has always been saved
-        if resume and (out / name / "tokenizer_config.json").is_file():
+        if resume and (out / name / "vocab.txt").is_file():  # else trained again: the runs' fingerprints check it
             toks[level] = load_tokenizer(out / name)
         else:
             toks[level] = ChineseTokenizer.train(docs["train"], size, level == "word")

@@ -218,6 +218,8 @@ class Trainer:
             return True
         if found:
             raise CorruptCheckpoint(f"cannot resume {self.run_dir}: none of its {len(found)} checkpoints is readable")
+        if is_main_process() and self.metrics_path.exists():  # an attempt that saved no checkpoint: it starts
+            self.metrics_path.unlink()  # again from step 0, and its records would repeat in the curves
         return False
 
     # -- the loop -----------------------------------------------------------------------------------
