@@ -113,7 +113,11 @@ def test_chinese_recipe_smoke(tmp_path):
     recorded = json.loads(summary.read_text())
     summary.write_text(json.dumps({**recorded, "MLM loss": recorded["MLM loss"] * (1 + 1e-5)}))
     shutil.rmtree(tmp_path / "wobert" / "stage2" / "model")
-    with pytest.raises(ValueError, match="cannot resume .*wobert.stage2: trained again .* MLM loss"):
+    shutil.rmtree(tmp_path / "wobert" / "stage2" / "checkpoints")
+    with pytest.raises(ValueError, match="cannot resume .*wobert.stage2: .*trained again, ending with loss"):
+        run("smoke", None, tmp_path, resume=True)
+    assert not (tmp_path / "wobert" / "stage2" / "model").exists()  # nor reused by the next resume
+    with pytest.raises(ValueError, match="cannot resume .*wobert.stage2: .*trained again"):
         run("smoke", None, tmp_path, resume=True)
 
 

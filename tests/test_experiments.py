@@ -1,6 +1,7 @@
 """The paper's experiments run end to end on real data at the smoke preset and write their reports."""
 
 import json
+import shutil
 
 import pytest
 
@@ -11,7 +12,7 @@ from .conftest import require_data
 pytestmark = pytest.mark.slow
 
 
-def test_performer_lm_smoke(tmp_path):
+def test_performer_lm_smoke(tmp_path, capsys):
     require_data("enwik8")
     assert main(["experiment", "performer_lm", "--preset", "smoke", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -25,6 +26,34 @@ def test_performer_lm_smoke(tmp_path):
     before = (tmp_path / "results.json").read_text()
     assert main(["experiment", "performer_lm", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
     assert (tmp_path / "results.json").read_text() == before
+    # a fresh clone of the report has its records, not its weights or checkpoints (.gitignore): the resume
+    # trains every run again, which must end where it was recorded, and saves the models again
+    run_dir = tmp_path / "performer+rope" / "seed1"
+    def curve():  # every logged number but the speed
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+
+    recorded_curve, curve_text = curve(), (run_dir / "metrics.jsonl").read_text()
+    for ignored in [*tmp_path.glob("*/seed*/model"), *tmp_path.glob("*/seed*/checkpoints")]:
+        shutil.rmtree(ignored)
+    assert main(["experiment", "performer_lm", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert (tmp_path / "results.json").read_text() == before
+    assert (run_dir / "model" / "model.safetensors").is_file() and curve() == recorded_curve
+    curve_text = (run_dir / "metrics.jsonl").read_text()
+    # a run that ends elsewhere than its record is refused, and its directory is left as it was
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["final"]["validation_loss"] *= 1 + 1e-5
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    shutil.rmtree(run_dir / "model")
+    shutil.rmtree(run_dir / "checkpoints")
+    capsys.readouterr()
+    assert main(["experiment", "performer_lm", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) != 0
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]  # after the progress bars of the run trained again
+    assert "cannot resume" in last and "trained again" in last and "ending with loss" in last
+    assert "Traceback" not in err
+    assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").iterdir())
+    assert (run_dir / "metrics.jsonl").read_text() == curve_text and not (run_dir / "model").exists()
 
 
 def test_pe_compare_smoke(tmp_path):

@@ -36,7 +36,8 @@ def train_seeds(variants: dict[str, Callable[[int], SeedRun]], out: Path, resume
                 seeds: Sequence[int] = (0,)) -> dict[str, list[dict]]:
     """Train each variant once per seed and return {variant: [summary per seed]}. A summary's ``final`` holds
     the last evaluation as ``validation_<metric>`` (and the perplexity of its loss), the parameter count and
-    the minutes of training. A run that is already finished is not trained again when ``resume`` is set."""
+    the minutes of training. With ``resume``, a finished run is not trained again; one whose weights and
+    checkpoints are gone (a fresh clone of a report) is, and must end at the metrics it recorded."""
     results = {}
     for name, make in variants.items():
         for seed in seeds:
@@ -47,12 +48,14 @@ def train_seeds(variants: dict[str, Callable[[int], SeedRun]], out: Path, resume
             started = time.perf_counter()
             trainer = Trainer(run.model, config, run_dir, *run.functions, desc=f"{name} seed {seed}",
                               identity=run.identity)
-            final = trainer.fit(resume=resume)
+            summary_path = run_dir / "summary.json"
+            recorded = json.loads(summary_path.read_text()) if resume and summary_path.exists() else None
+            final = trainer.fit(resume=resume, recorded=recorded and {
+                k.removeprefix("validation_"): v for k, v in recorded["final"].items() if k.startswith("validation_")})
             if not is_main_process():
                 continue
-            summary_path = run_dir / "summary.json"
-            if resume and summary_path.exists() and trainer.resumed_finished:
-                summary = json.loads(summary_path.read_text())  # keeps the minutes of the run that trained it
+            if recorded:  # reused, or trained again to its recorded end (a fresh clone has no weights): fit checked
+                summary = recorded  # keeps the minutes of the run that trained it
             else:
                 metrics = {f"validation_{k}": v for k, v in final.items()}
                 if "loss" in final:
@@ -61,6 +64,7 @@ def train_seeds(variants: dict[str, Callable[[int], SeedRun]], out: Path, resume
                                      "minutes": (time.perf_counter() - started) / 60},
                            "config": run.identity.get("model"), "train": dataclasses.asdict(config)}
                 summary_path.write_text(json.dumps(summary, indent=2))
+            if not trainer.resumed_finished or not (run_dir / "model").is_dir():
                 (run.save or (lambda model, path: model.save_pretrained(path)))(run.model, run_dir / "model")
             results.setdefault(name, []).append(summary)
     return results

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,21 @@ def check_same_run(run_dir: str | Path, config: dict, identity: dict) -> None:
     if differ:
         raise ValueError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
                          ". Run without --resume into another --out, or repeat the original command")
+
+
+def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
+    """A finished run trained again must end with the metrics it recorded (every number of ``recorded``), to
+    ``rtol``: on one machine a run trained twice ends within ~1e-8 of itself (its arithmetic is deterministic up
+    to the order of threaded reductions); a larger gap means other weights (another CPU's kernels, changed code
+    or data). One error naming the first metric that differs."""
+    for key, a in recorded.items():
+        b = retrained.get(key)
+        if isinstance(a, bool) or not isinstance(a, int | float):
+            continue
+        if b is None or abs(a - b) > rtol * max(abs(a), 1e-12):
+            raise ValueError(f"cannot resume {run_dir}: its weights were gone and it was trained again, ending with "
+                             f"{key} {b!r} where the run recorded {a!r}; what was built on its first weights would "
+                             "mix two models. Run without --resume into another --out")
 
 
 class Trainer:
@@ -258,13 +274,21 @@ class Trainer:
                  if any(k.startswith("eval/") for k in r)]
         return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k != "step"} if evals else {}
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train to ``max_steps``; returns the final evaluation metrics."""
+    def fit(self, resume: bool = False, recorded: dict | None = None) -> dict:
+        """Train to ``max_steps``; returns the final evaluation metrics.
+
+        ``recorded``: the final evaluation of a finished run (from its summary), for a resume that finds no
+        final checkpoint, as in a fresh clone of a report, which keeps the records and not the weights. The run
+        then trains again and must end where it was recorded (:func:`check_same_result`), or what was built on
+        the first weights (fine-tunings, reports) would mix two models; if not, the run directory is left as it
+        was (its metrics restored, the new checkpoints removed) and a ValueError says so."""
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and list_checkpoints(self.checkpoint_dir):
             raise ValueError(f"{self.run_dir} already holds a training run (checkpoints/): add --resume to continue "
                              "it, or choose another --out; nothing was overwritten")
+        before = self.metrics_path.read_text() if recorded and self.metrics_path.exists() else None
+        kept = set(list_checkpoints(self.checkpoint_dir))
         resumed = resume and self.resume()
         if is_main_process():
             atomic_write_text(self.run_dir / "train_config.json", json.dumps(dataclasses.asdict(c), indent=2))
@@ -330,6 +354,15 @@ class Trainer:
                 self.save()
         bar.close()
         final = self.evaluate()
+        if recorded and is_main_process():
+            try:
+                check_same_result(self.run_dir, recorded, final)
+            except ValueError:
+                for path in set(list_checkpoints(self.checkpoint_dir)) - kept:
+                    shutil.rmtree(path)
+                if before is not None:
+                    atomic_write_text(self.metrics_path, before)
+                raise
         self.save()
         if self._tb is not None:
             self._tb.close()
