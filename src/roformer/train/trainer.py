@@ -281,7 +281,8 @@ class Trainer:
         final checkpoint, as in a fresh clone of a report, which keeps the records and not the weights. The run
         then trains again and must end where it was recorded (:func:`check_same_result`), or what was built on
         the first weights (fine-tunings, reports) would mix two models; if not, the run directory is left as it
-        was (its metrics restored, the new checkpoints removed) and a ValueError says so."""
+        was (the new checkpoints removed) and a ValueError says so. Either way its metrics.jsonl stays the
+        recorded one."""
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and list_checkpoints(self.checkpoint_dir):
@@ -360,9 +361,10 @@ class Trainer:
             except ValueError:
                 for path in set(list_checkpoints(self.checkpoint_dir)) - kept:
                     shutil.rmtree(path)
+                raise
+            finally:  # the record stays the one of the run that was reported (this one only repeated it)
                 if before is not None:
                     atomic_write_text(self.metrics_path, before)
-                raise
         self.save()
         if self._tb is not None:
             self._tb.close()
