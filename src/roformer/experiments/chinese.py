@@ -214,10 +214,10 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
             continue
         model.save_pretrained(stage_dir / "model")
         save_tokenizer(tok, stage_dir / "model")
-        r = {"stage": i, "max length": max_len, "batch size": batch_size, "steps": steps, "MLM loss": final["loss"],
-             "MLM accuracy": final["accuracy"], "minutes": (time.perf_counter() - started) / 60}
-        if recorded:
-            r = recorded  # the stage trained again to its recorded end (fit checked it)
+        # a stage trained again to its recorded end (fit checked it) keeps its record
+        r = recorded or {"stage": i, "max length": max_len, "batch size": batch_size, "steps": steps,
+                         "MLM loss": final["loss"], "MLM accuracy": final["accuracy"],
+                         "minutes": (time.perf_counter() - started) / 60}
         done.write_text(json.dumps(r, indent=2))
         results.append(r)
         previous = stage_dir / "model"

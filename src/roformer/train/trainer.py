@@ -234,8 +234,6 @@ class Trainer:
             return True
         if found:
             raise CorruptCheckpoint(f"cannot resume {self.run_dir}: none of its {len(found)} checkpoints is readable")
-        if is_main_process() and self.metrics_path.exists():  # an attempt that saved no checkpoint: it starts
-            self.metrics_path.unlink()  # again from step 0, and its records would repeat in the curves
         return False
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -289,7 +287,7 @@ class Trainer:
             raise ValueError(f"{self.run_dir} already holds a training run (checkpoints/): add --resume to continue "
                              "it, or choose another --out; nothing was overwritten")
         before = self.metrics_path.read_text() if recorded and self.metrics_path.exists() else None
-        kept = set(list_checkpoints(self.checkpoint_dir))
+        kept = set(list_checkpoints(self.checkpoint_dir)) if recorded else set()
         resumed = resume and self.resume()
         if is_main_process():
             atomic_write_text(self.run_dir / "train_config.json", json.dumps(dataclasses.asdict(c), indent=2))
@@ -306,8 +304,8 @@ class Trainer:
             if self.step >= c.max_steps:
                 self.resumed_finished = True
                 return self.last_eval()
-        elif not resume and is_main_process() and self.metrics_path.exists():
-            self.metrics_path.unlink()
+        elif is_main_process() and self.metrics_path.exists():  # from step 0, also a resume with no checkpoint:
+            self.metrics_path.unlink()  # the records of an earlier attempt would repeat in the curves
         net = self.ddp or self.model
         net.train()
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and is_main_process()),
