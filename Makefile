@@ -30,7 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_linear_attention.py
 	$(PY) benchmarks/bench_checkpointing.py
 
-# the committed reports under reports/ (small presets, a few hours on 2 CPU cores in all; glue needs mlm's models)
+# the committed reports under reports/ (small presets, about 17 hours on 2 CPU cores in all, 7 of them the Chinese
+# one; glue needs mlm's models)
 experiments: $(STAMP)
 	.venv/bin/roformer experiment pe_compare --preset small --data-dir $(DATA_DIR) --out reports/pe_compare
 	.venv/bin/roformer experiment extrapolation --preset small --data-dir $(DATA_DIR) --models reports/pe_compare --out reports/extrapolation
