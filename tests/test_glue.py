@@ -94,6 +94,38 @@ def test_finetune_grid_keeps_the_best_model(tmp_path, tok, capsys):
     # a finished grid is not retrained on --resume: the same results come back
     again = finetune_task(model, "stsb", "smoke", out=out / "stsb", resume=True, lrs=[1e-4, 1e-3], seeds=2)
     assert again["grid"] == r["grid"]
+    # ... but not from another encoder at the same path (the pre-training run again): one line naming it
+    torch.manual_seed(1)
+    _encoder_dir(model, tok)
+    assert main(["finetune", "--task", "stsb", "--model", str(model), "--preset", "smoke", "--out", str(out),
+                 "--lrs", "1e-4,1e-3", "--seeds", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "encoder: run has 'weights " in err and "Traceback" not in err
+    # nor a finished fine-tune that records no settings (an older version's run)
+    (out / "stsb" / "lr0.0001_seed0" / "run.json").unlink()
+    with pytest.raises(ValueError, match="records no settings"):
+        finetune_task(model, "stsb", "smoke", out=out / "stsb", resume=True, lrs=[1e-4, 1e-3], seeds=2)
+
+
+def test_an_encoder_is_known_by_its_run_record_or_else_its_weights(tmp_path, tok):
+    """A comparison run's encoder keeps its fingerprint when trained again to its record (other bits, same
+    record); a plain directory's fingerprint follows its weights."""
+    from roformer.experiments.glue import encoder_fingerprint
+
+    plain = _encoder_dir(tmp_path / "plain", tok)
+    first = encoder_fingerprint(plain)
+    assert first.startswith("weights ") and encoder_fingerprint(plain) == first
+    torch.manual_seed(123)
+    _encoder_dir(plain, tok)
+    assert encoder_fingerprint(plain) != first
+    run = _encoder_dir(tmp_path / "seed0" / "model", tok)
+    (tmp_path / "seed0" / "summary.json").write_text(json.dumps({"final": {"validation_loss": 6.5}}))
+    recorded = encoder_fingerprint(run)
+    assert recorded.startswith("record ")
+    _encoder_dir(run, tok)  # trained again: other weights, the same record
+    assert encoder_fingerprint(run) == recorded
+    (tmp_path / "seed0" / "summary.json").write_text(json.dumps({"final": {"validation_loss": 6.6}}))
+    assert encoder_fingerprint(run) != recorded
 
 
 @pytest.mark.slow

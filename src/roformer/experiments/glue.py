@@ -15,6 +15,8 @@ decay 0.01 and gradient clipping at 1.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import statistics
@@ -29,7 +31,7 @@ from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table, seed_rows
-from ..train import TrainConfig, Trainer, is_main_process
+from ..train import TrainConfig, Trainer, check_same_run, is_main_process
 from . import choose_preset
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
@@ -132,6 +134,20 @@ def _predict(net, data: Encoded, pad_id: int, regression: bool, batch_size: int 
     return out
 
 
+def encoder_fingerprint(model_dir: Path) -> str:
+    """What a resumed fine-tune compares to know it starts from the same encoder as the run it continues. An
+    encoder saved by a comparison run (``summary.json`` with its final metrics beside the model directory, as
+    ``train_seeds`` writes it) is known by that record: a run trained again from a fresh clone must end at it
+    (``Trainer.fit(recorded=...)``). Any other directory is known by the SHA-256 of its weights."""
+    record = model_dir.parent / "summary.json"
+    if record.is_file() and "final" in json.loads(record.read_text()):
+        return f"record {hashlib.sha256(record.read_bytes()).hexdigest()[:16]}"
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        digest.update(path.read_bytes())
+    return f"weights {digest.hexdigest()[:16]}"
+
+
 def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, valid: Encoded,
                    mismatched: Encoded | None, pad_id: int, p: dict, lr: float, seed: int, run_dir: Path,
                    device: str, dtype: str | None, resume: bool, max_steps: int | None) -> dict:
@@ -144,6 +160,15 @@ def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, 
                          weight_decay=0.01, clip_grad_norm=1.0, eval_every=steps_per_epoch,
                          save_every=steps_per_epoch, keep_last=1, log_every=10, seed=seed, device=device,
                          dtype=dtype or "float32")
+    identity = {"model": str(model_dir), "encoder": encoder_fingerprint(model_dir), "task": task,
+                "train_examples": len(train)}
+    done = run_dir / "result.json"
+    if resume and done.is_file():  # a finished fine-tune is reused only by the same run, from the same encoder
+        if not (run_dir / "run.json").is_file():
+            raise ValueError(f"cannot resume {run_dir}: it records no settings to check (run.json; made by an older "
+                             "version). Run without --resume")
+        check_same_run(run_dir, dataclasses.asdict(config), identity)
+        return json.loads(done.read_text())
     torch.manual_seed(seed)  # the fresh classifier head
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
 
@@ -164,11 +189,11 @@ def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, 
         return metrics
 
     final = Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"{task} lr {lr:g} seed {seed}",
-                    identity={"model": str(model_dir), "task": task, "train_examples": len(train)}).fit(resume=resume)
+                    identity=identity).fit(resume=resume)
     if is_main_process():
         model.save_pretrained(run_dir / "model")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: the result below replaces it
-        (run_dir / "result.json").write_text(json.dumps(final, indent=2))
+        done.write_text(json.dumps(final, indent=2))
     return final
 
 
@@ -205,13 +230,8 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     grid_mismatched: dict[str, list[float]] = {}
     for lr in lrs:
         for seed in range(seeds):
-            run_dir = out / f"lr{lr:g}_seed{seed}"
-            done = run_dir / "result.json"
-            if resume and done.is_file():
-                final = json.loads(done.read_text())
-            else:
-                final = _finetune_once(model_dir, task, num_labels, train, valid, mismatched, pad_id, p, lr, seed,
-                                       run_dir, device, dtype, resume, max_steps)
+            final = _finetune_once(model_dir, task, num_labels, train, valid, mismatched, pad_id, p, lr, seed,
+                                   out / f"lr{lr:g}_seed{seed}", device, dtype, resume, max_steps)
             grid.setdefault(f"{lr:g}", []).append(final[metric])
             if mismatched is not None:
                 grid_mismatched.setdefault(f"{lr:g}", []).append(final[f"mismatched_{metric}"])
