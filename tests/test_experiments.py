@@ -79,6 +79,8 @@ def test_seed_statistics_against_scipy():
     assert rows[0]["seeds better than rope"] == "1/4"
     with pytest.raises(ValueError, match="paired"):
         paired_difference([1.0], [1.0, 2.0])
+    one = seed_rows({"x": [2.61], "rope": [2.59]}, "rope", "loss", digits=3)[0]  # --seeds 1: no nan interval
+    assert one["minus rope: mean [95% CI]"] == "+0.020 (one seed: no interval)"
 
 
 def test_steps_to_reach():

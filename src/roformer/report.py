@@ -156,7 +156,9 @@ def seed_rows(per_variant: dict[str, list[float]], reference: str, metric: str, 
             diff, low, high = paired_difference(values, per_variant[reference])
             wins = sum((a < b) == lower_is_better and a != b for a, b in zip(values, per_variant[reference],
                                                                                strict=True))
-            row[f"minus {reference}: mean [95% CI]"] = f"{diff:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+            row[f"minus {reference}: mean [95% CI]"] = (
+                f"{diff:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]" if len(values) > 1
+                else f"{diff:+.{digits}f} (one seed: no interval)")
             row[f"seeds better than {reference}"] = f"{wins}/{len(values)}"
         else:
             row[f"minus {reference}: mean [95% CI]"] = row[f"seeds better than {reference}"] = ""
