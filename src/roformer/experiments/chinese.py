@@ -395,7 +395,8 @@ def _write_report(out: Path, p: dict, command: str, toks: dict, docs: dict, data
             for i, seed in enumerate(seeds):
                 only_a, only_b, pvalue = mcnemar(per_row[a][i][f"test correct @{at_a}"],
                                                  per_row[b][i][f"test correct @{at_b}"])
-                row[f"seed {seed}: only A / only B right, p"] = f"{only_a} / {only_b}, p = {pvalue:.2f}"
+                shown = f"{pvalue:.2f}" if pvalue >= 0.01 else f"{pvalue:.1e}"  # never a bare 0.00
+                row[f"seed {seed}: only A / only B right, p"] = f"{only_a} / {only_b}, p = {shown}"
             tests.append(row)
         text += [
             f"## {title}", "",
