@@ -148,7 +148,7 @@ def encoder_fingerprint(model_dir: Path) -> str:
     return f"weights {digest.hexdigest()[:16]}"
 
 
-def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, valid: Encoded,
+def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, train: Encoded, valid: Encoded,
                    mismatched: Encoded | None, pad_id: int, p: dict, lr: float, seed: int, run_dir: Path,
                    device: str, dtype: str | None, resume: bool, max_steps: int | None) -> dict:
     regression = TASKS[task].labels is None
@@ -160,8 +160,7 @@ def _finetune_once(model_dir: Path, task: str, num_labels: int, train: Encoded, 
                          weight_decay=0.01, clip_grad_norm=1.0, eval_every=steps_per_epoch,
                          save_every=steps_per_epoch, keep_last=1, log_every=10, seed=seed, device=device,
                          dtype=dtype or "float32")
-    identity = {"model": str(model_dir), "encoder": encoder_fingerprint(model_dir), "task": task,
-                "train_examples": len(train)}
+    identity = {"model": str(model_dir), "encoder": encoder, "task": task, "train_examples": len(train)}
     done = run_dir / "result.json"
     if resume and done.is_file():  # a finished fine-tune is reused only by the same run, from the same encoder
         if not (run_dir / "run.json").is_file():
@@ -226,12 +225,13 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
         mismatched = encode(tok, task, data.splits["validation_mismatched"][: p["eval_examples"]], p["max_len"],
                             num_labels)
 
+    encoder = encoder_fingerprint(model_dir)  # once for the grid: hashing a large encoder's weights takes a while
     grid: dict[str, list[float]] = {}
     grid_mismatched: dict[str, list[float]] = {}
     for lr in lrs:
         for seed in range(seeds):
-            final = _finetune_once(model_dir, task, num_labels, train, valid, mismatched, pad_id, p, lr, seed,
-                                   out / f"lr{lr:g}_seed{seed}", device, dtype, resume, max_steps)
+            final = _finetune_once(model_dir, encoder, task, num_labels, train, valid, mismatched, pad_id, p, lr,
+                                   seed, out / f"lr{lr:g}_seed{seed}", device, dtype, resume, max_steps)
             grid.setdefault(f"{lr:g}", []).append(final[metric])
             if mismatched is not None:
                 grid_mismatched.setdefault(f"{lr:g}", []).append(final[f"mismatched_{metric}"])
