@@ -207,14 +207,14 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     lrs, seeds = tuple(lrs or p["lrs"]), seeds or p["seeds"]
     model_dir, out = Path(model_dir), Path(out)
     metric = TASKS[task].metric
+    tok = load_tokenizer(model_dir)  # a mismatched encoder is an error whether or not the task's data is here
+    config = json.loads((model_dir / "config.json").read_text())
+    check_tokenizer(tok, config["vocab_size"], config.get("pad_token_id", 0), model_dir, required=("[CLS]", "[SEP]"))
     try:
         data: TaskData = load_task(task, data_dir)
     except DataUnavailable as e:
         return {"task": task, "metric": metric, "absent": str(e)}
     num_labels = data.num_labels
-    tok = load_tokenizer(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    check_tokenizer(tok, config["vocab_size"], config.get("pad_token_id", 0), model_dir, required=("[CLS]", "[SEP]"))
     pad_id = config.get("pad_token_id") or 0
     train_examples = data.splits["train"][: p["train_examples"]]
     valid_examples = data.splits["validation"][: p["eval_examples"]]
