@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from roformer import RoFormerConfig, RoFormerForCausalLM
+from roformer import RoFormerConfig, RoFormerForCausalLM, RoFormerForMaskedLM
+from roformer.data.tokenizer import save_tokenizer, train_wordpiece
 from roformer.models.decoder import DecoderConfig, DecoderLM
 
 from .conftest import require_data
@@ -104,8 +105,14 @@ def test_experiment_options_it_does_not_take():
     assert_error(run("experiment", "performer_lm", "--models", "x"), "--models", "performer_lm")
 
 
-def test_absent_data_is_an_error():
-    assert_error(run("finetune", "--task", "mnli", "--model", "nowhere"), "mnli")
+def test_absent_data_is_an_error(tmp_path):
+    encoder = tmp_path / "encoder"  # a valid encoder: the model is checked before the task's data is looked for
+    tok = train_wordpiece(["the cat sat on the mat", "a dog ran in the park"] * 10, 100)
+    RoFormerForMaskedLM(RoFormerConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64)).save_pretrained(encoder)
+    save_tokenizer(tok, encoder)
+    assert_error(run("finetune", "--task", "mnli", "--model", encoder), "mnli")  # not in the mirror
+    assert_error(run("finetune", "--task", "mnli", "--model", "nowhere"), "tokenizer", "nowhere")
     assert_error(run("finetune", "--task", "nosuch", "--model", "nowhere"), "unknown task nosuch")
 
 
