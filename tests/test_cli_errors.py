@@ -141,8 +141,11 @@ def test_resume_refuses_another_run_and_ctrl_c_says_how_to_continue(tmp_path):
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
     other = tmp_path / "interrupted"
+    # a suite started in the background (`nohup ... &`) inherits an ignored SIGINT, which Python keeps ignoring:
+    # give the child the default disposition a terminal's Ctrl-C meets
     process = subprocess.Popen([ROFORMER, "train", "--preset", "smoke", "--out", str(other), "--max-steps", "100000"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (other / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
