@@ -20,3 +20,16 @@ def require_data(name: str) -> None:
     ok, why = available(name)
     if not ok:
         pytest.skip(f"data set {name!r} is not available: {why}")
+
+
+def tiny_encoder_dir(path, tok, vocab_size: int | None = None) -> Path:
+    """A randomly initialised one-layer RoFormer masked-LM saved with ``tok`` at ``path``: an encoder directory
+    as ``mlm`` writes it (``vocab_size`` below the tokenizer's makes a mismatched one)."""
+    from roformer.data.tokenizer import save_tokenizer
+    from roformer.models import RoFormerConfig, RoFormerForMaskedLM
+
+    config = RoFormerConfig(vocab_size=vocab_size or tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=64)
+    RoFormerForMaskedLM(config).save_pretrained(path)
+    save_tokenizer(tok, path)
+    return Path(path)

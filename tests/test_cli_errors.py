@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from roformer import RoFormerConfig, RoFormerForCausalLM, RoFormerForMaskedLM
-from roformer.data.tokenizer import save_tokenizer, train_wordpiece
+from roformer import RoFormerConfig, RoFormerForCausalLM
+from roformer.data.tokenizer import train_wordpiece
 from roformer.models.decoder import DecoderConfig, DecoderLM
 
-from .conftest import require_data
+from .conftest import require_data, tiny_encoder_dir
 from .train_helper import tiny_setup
 
 ROFORMER = str(Path(sys.executable).parent / "roformer")
@@ -106,11 +106,9 @@ def test_experiment_options_it_does_not_take():
 
 
 def test_absent_data_is_an_error(tmp_path):
-    encoder = tmp_path / "encoder"  # a valid encoder: the model is checked before the task's data is looked for
+    # a valid encoder: the model is checked before the task's data is looked for
     tok = train_wordpiece(["the cat sat on the mat", "a dog ran in the park"] * 10, 100)
-    RoFormerForMaskedLM(RoFormerConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=64)).save_pretrained(encoder)
-    save_tokenizer(tok, encoder)
+    encoder = tiny_encoder_dir(tmp_path / "encoder", tok)
     empty = {"ROFORMER_DATA_DIR": str(tmp_path / "no-mirror"), "ROFORMER_CACHE": str(tmp_path / "no-cache")}
     assert_error(run("finetune", "--task", "mnli", "--model", encoder, env=empty), "mnli")
     assert_error(run("finetune", "--task", "mnli", "--model", "nowhere"), "tokenizer", "nowhere")

@@ -8,11 +8,11 @@ import torch
 
 from roformer.cli import main
 from roformer.data.glue import Example
-from roformer.data.tokenizer import save_tokenizer, train_wordpiece
+from roformer.data.tokenizer import train_wordpiece
 from roformer.experiments.glue import encode, finetune_task, score
-from roformer.models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
+from roformer.models import RoFormerForSequenceClassification
 
-from .conftest import require_data
+from .conftest import require_data, tiny_encoder_dir
 
 TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds fly over the river and the hills"] * 20
 
@@ -20,14 +20,6 @@ TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds fly over the 
 @pytest.fixture(scope="module")
 def tok():
     return train_wordpiece(TEXTS, 200)
-
-
-def _encoder_dir(path, tok, vocab_size=None):
-    config = RoFormerConfig(vocab_size=vocab_size or tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, intermediate_size=64)
-    RoFormerForMaskedLM(config).save_pretrained(path)
-    save_tokenizer(tok, path)
-    return path
 
 
 def test_pairs_are_truncated_longest_first(tok):
@@ -68,10 +60,10 @@ def test_metrics_match_their_definitions():
 
 
 def test_unknown_task_and_mismatched_tokenizer_are_clear_errors(tmp_path, tok, capsys):
-    model = _encoder_dir(tmp_path / "m", tok)
+    model = tiny_encoder_dir(tmp_path / "m", tok)
     assert main(["finetune", "--task", "cola2", "--model", str(model)]) == 2
     assert "unknown task cola2" in capsys.readouterr().err
-    small = _encoder_dir(tmp_path / "small", tok, vocab_size=50)  # a tokenizer of ~200 tokens
+    small = tiny_encoder_dir(tmp_path / "small", tok, vocab_size=50)  # a tokenizer of ~200 tokens
     with pytest.raises(ValueError, match="tokenizer has .* tokens but the model's vocabulary only 50"):
         finetune_task(small, "sst2", "smoke", out=tmp_path / "out")
 
@@ -79,7 +71,7 @@ def test_unknown_task_and_mismatched_tokenizer_are_clear_errors(tmp_path, tok, c
 @pytest.mark.slow
 def test_finetune_grid_keeps_the_best_model(tmp_path, tok, capsys):
     require_data("stsb")
-    model = _encoder_dir(tmp_path / "m", tok)
+    model = tiny_encoder_dir(tmp_path / "m", tok)
     out = tmp_path / "ft"
     assert main(["finetune", "--task", "stsb", "--model", str(model), "--preset", "smoke", "--out", str(out),
                  "--lrs", "1e-4,1e-3", "--seeds", "2"]) == 0
@@ -96,7 +88,7 @@ def test_finetune_grid_keeps_the_best_model(tmp_path, tok, capsys):
     assert again["grid"] == r["grid"]
     # ... but not from another encoder at the same path (the pre-training run again): one line naming it
     torch.manual_seed(1)
-    _encoder_dir(model, tok)
+    tiny_encoder_dir(model, tok)
     assert main(["finetune", "--task", "stsb", "--model", str(model), "--preset", "smoke", "--out", str(out),
                  "--lrs", "1e-4,1e-3", "--seeds", "2", "--resume"]) == 2
     err = capsys.readouterr().err
@@ -112,17 +104,17 @@ def test_an_encoder_is_known_by_its_run_record_or_else_its_weights(tmp_path, tok
     record); a plain directory's fingerprint follows its weights."""
     from roformer.experiments.glue import encoder_fingerprint
 
-    plain = _encoder_dir(tmp_path / "plain", tok)
+    plain = tiny_encoder_dir(tmp_path / "plain", tok)
     first = encoder_fingerprint(plain)
     assert first.startswith("weights ") and encoder_fingerprint(plain) == first
     torch.manual_seed(123)
-    _encoder_dir(plain, tok)
+    tiny_encoder_dir(plain, tok)
     assert encoder_fingerprint(plain) != first
-    run = _encoder_dir(tmp_path / "seed0" / "model", tok)
+    run = tiny_encoder_dir(tmp_path / "seed0" / "model", tok)
     (tmp_path / "seed0" / "summary.json").write_text(json.dumps({"final": {"validation_loss": 6.5}}))
     recorded = encoder_fingerprint(run)
     assert recorded.startswith("record ")
-    _encoder_dir(run, tok)  # trained again: other weights, the same record
+    tiny_encoder_dir(run, tok)  # trained again: other weights, the same record
     assert encoder_fingerprint(run) == recorded
     (tmp_path / "seed0" / "summary.json").write_text(json.dumps({"final": {"validation_loss": 6.6}}))
     assert encoder_fingerprint(run) != recorded
@@ -155,7 +147,7 @@ def test_table2_report_pairs_the_encoders_by_seed(tmp_path, tok):
     require_data("mrpc")
     models = tmp_path / "mlm"
     for name in ("bert", "roformer"):
-        _encoder_dir(models / name / "seed0" / "model", tok)
+        tiny_encoder_dir(models / name / "seed0" / "model", tok)
     out = tmp_path / "glue"
     results = glue.run("smoke", out=out, models=models, tasks=("mrpc",))
     bert, rof = (results[name]["mrpc"]["grid"]["0.0001"] for name in ("BERT (ours)", "RoFormer (ours)"))
