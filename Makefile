@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and exactly pinned: the CPU build on this machine's disk, never a CUDA download.
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
+	# test-only reference for 2-D image RoPE; its own dependencies (torchao, ...) are not needed for that module
+	$(PY) -m pip install --quiet --no-deps torchtune==0.6.1
 	touch $(STAMP)
 
 main: $(STAMP)

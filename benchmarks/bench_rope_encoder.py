@@ -22,6 +22,7 @@ import transformers
 from transformers.models.roformer import modeling_roformer as hf_roformer
 
 import roformer
+from roformer import apply_rotary
 
 
 def timed(fn, repeats: int) -> float:
@@ -109,6 +110,73 @@ def rope_rows(args) -> list[tuple]:
     return rows
 
 
+def form_rows(args) -> list[tuple]:
+    """Every other position form and shape, each against a copy of its own inputs (forward under inference_mode,
+    and forward + backward): (batch,) offsets, (batch, seq) position ids, varlen cu_seqlens (the batch packed along
+    one axis of b * s tokens), a packed (b, s, 3, h, d) qkv, and in-place rotation of q and k. The per-token forms
+    are timed twice: with the angles formed in the call (``rope(q, k, position_ids=...)``), and per layer, with
+    cos/sin formed once per forward pass and shared by the layers (``apply_rotary(q, cos, sin)``, what the models
+    do): their float64 angles cost about as much as a copy of one head's worth of q."""
+    b, h, s, d = args.batch, 12, args.seq, 64
+    torch.manual_seed(0)
+    q, k = torch.randn(2, b, h, s, d).unbind(0)
+    q, k = q.contiguous(), k.contiguous()
+    offsets = torch.randint(0, 4096, (b,))
+    position_ids = torch.randint(0, 4096, (b, s))
+    cu = torch.arange(0, b * s + 1, s, dtype=torch.int32)
+    tq, tk = (t.transpose(1, 2).reshape(b * s, h, d).contiguous() for t in (q, k))  # (total, heads, dim)
+    qkv = torch.randn(b, s, 3, h, d)
+
+    def cases_for(rope: roformer.RotaryEmbedding, interleaved: bool) -> dict:
+        per_token = rope.cos_sin(s, position_ids=position_ids, dtype=q.dtype)
+        per_packed = rope.cos_sin(b * s, cu_seqlens=cu, dtype=q.dtype)
+        return {
+            "(batch,) offsets": ((q, k), lambda a, c: rope(a, c, offset=offsets)),
+            "(batch, seq) position_ids": ((q, k), lambda a, c: rope(a, c, position_ids=position_ids)),
+            "(batch, seq) position_ids, per layer": (
+                (q, k), lambda a, c: (apply_rotary(a, *per_token, interleaved), apply_rotary(c, *per_token,
+                                                                                            interleaved))),
+            "varlen cu_seqlens": ((tq, tk), lambda a, c: rope(a, c, cu_seqlens=cu)),
+            "varlen cu_seqlens, per layer": (
+                (tq, tk), lambda a, c: (apply_rotary(a, *per_packed, interleaved), apply_rotary(c, *per_packed,
+                                                                                               interleaved))),
+            "packed qkv": ((qkv,), lambda a: rope.rotate_qkv(a)),
+        }
+
+    rows = []
+    for layout in ("interleaved", "half"):
+        rope = roformer.RotaryEmbedding(d, interleaved=layout == "interleaved")
+        for name, (inputs, fn) in cases_for(rope, layout == "interleaved").items():
+            def copy(*a):
+                return tuple(t.clone() for t in a)
+
+            with torch.inference_mode():
+                forward = race({"roformer": lambda fn=fn, i=inputs: fn(*i), "copy of q, k": lambda i=inputs: copy(*i)},
+                               args.rounds, args.repeats)
+            grad_inputs = [t.clone().requires_grad_() for t in inputs]
+            grads = [torch.randn_like(t) for t in inputs]
+
+            def backward_of(f, grad_inputs=grad_inputs, grads=grads):
+                def step():
+                    for t in grad_inputs:
+                        t.grad = None
+                    out = f(*grad_inputs)
+                    torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads[: len(grad_inputs)]
+                                            if isinstance(out, tuple) else grads[:1])
+                return step
+
+            both = race({"roformer": backward_of(fn), "copy of q, k": backward_of(copy)}, args.rounds, args.repeats)
+            rows += [(f"RoPE {layout}, {name}: forward, inference_mode", forward),
+                     (f"RoPE {layout}, {name}: forward + backward", both)]
+        # in place: q and k rotated where they are, against a copy of them (the least any out-of-place call writes)
+        with torch.inference_mode():
+            a, c = q.clone(), k.clone()
+            inplace = race({"roformer": lambda a=a, c=c, rope=rope: rope(a, c, inplace=True),
+                            "copy of q, k": lambda: (q.clone(), k.clone())}, args.rounds, args.repeats)
+        rows.append((f"RoPE {layout}, in place: forward, inference_mode", inplace))
+    return rows
+
+
 def encoder_rows(args) -> list[tuple]:
     config = transformers.RoFormerConfig(
         vocab_size=30000, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
@@ -168,15 +236,15 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, CPU flags of note: {', '.join(flags) or 'none (AVX2)'}")
     print(f"shapes: q, k = ({args.batch}, 12, {args.seq}, 64); encoder: base width, {args.layers} layers, "
           f"batch {args.batch} x {args.seq} tokens\n")
-    rows = rope_rows(args) + ([] if args.rope_only else encoder_rows(args))
-    print("| measurement | roformer | huggingface | copy of q, k | HF / roformer | roformer / copy |")
+    rows = rope_rows(args) + form_rows(args) + ([] if args.rope_only else encoder_rows(args))
+    print("| measurement | roformer | huggingface | copy of the inputs | HF / roformer | roformer / copy |")
     print("|---|---|---|---|---|---|")
     for name, t in rows:
         def ms(key, t=t):
             return f"{statistics.median(t[key]) * 1e3:.2f} ms" if key in t else ""
         vs_copy = f"{ratio(t, 'roformer', 'copy of q, k'):.2f}x" if "copy of q, k" in t else ""
-        print(f"| {name} | {ms('roformer')} | {ms('huggingface')} | {ms('copy of q, k')} | "
-              f"{ratio(t, 'huggingface', 'roformer'):.2f}x | {vs_copy} |")
+        vs_hf = f"{ratio(t, 'huggingface', 'roformer'):.2f}x" if "huggingface" in t else ""
+        print(f"| {name} | {ms('roformer')} | {ms('huggingface')} | {ms('copy of q, k')} | {vs_hf} | {vs_copy} |")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from roformer.attention import attention_bias
 from roformer.position import PositionalAttention
 
 
-def explicit_attention(attn: MultiHeadAttention, x, positions, allowed):
+def explicit_attention(attn: MultiHeadAttention, x, allowed):
     """softmax((R_m q)^T (R_n k) / sqrt(d)) v written out, with a boolean (q, k) mask."""
     b, s, h = x.shape
     q, k, v = attn.qkv(x).view(b, s, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = RotaryEmbedding(attn.head_dim)(q, k, positions=positions)
+    q, k = RotaryEmbedding(attn.head_dim)(q, k)
     scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)
     scores = scores.masked_fill(~allowed, float("-inf"))
     return attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h))
@@ -31,7 +31,7 @@ def test_sdpa_equals_explicit_formula_with_padding(causal):
     bias = attention_bias(padding, 9, 9, causal, torch.float64)
     got = attn(x, PositionalAttention(rope=rope.cos_sin(9)), bias)
     allowed = padding[:, None, None, :] & (torch.ones(9, 9).tril().bool() if causal else True)
-    expected = explicit_attention(attn, x, None, allowed)
+    expected = explicit_attention(attn, x, allowed)
     torch.testing.assert_close(got[0], expected[0])
     torch.testing.assert_close(got[1, :6], expected[1, :6])
 
@@ -56,7 +56,7 @@ def test_kv_cache_decoding_equals_full_pass():
     steps = [attn(x[:, :5], PositionalAttention(rope=rope.cos_sin(5)), is_causal=True, kv_cache=cache)]
     for t in range(5, 12):
         bias = attention_bias(None, 1, t + 1, True, torch.float32)
-        pos = PositionalAttention(rope=rope.cos_sin(1, positions=t))
+        pos = PositionalAttention(rope=rope.cos_sin(1, offset=t))
         steps.append(attn(x[:, t : t + 1], pos, bias, kv_cache=cache))
     assert cache.seq_len == 12
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)

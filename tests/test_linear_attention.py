@@ -34,10 +34,10 @@ FEATURE_MAPS = {
 }
 
 
-def dense_eq19(q, k, v, phi, rope, causal, positions=None):
+def dense_eq19(q, k, v, phi, rope, causal, offset=0):
     """sum_n (R_m phi(q_m))^T (R_n phi(k_n)) v_n / sum_n phi(q_m)^T phi(k_n), term by term with an N x N mask."""
     pq, pk = phi(q), phi(k)
-    rq, rk = (pq, pk) if rope is None else rope(pq, pk, positions)
+    rq, rk = (pq, pk) if rope is None else rope(pq, pk, offset=offset)
     numerator_weights = rq @ rk.transpose(-1, -2)  # (b, h, m, n)
     denominator_weights = pq @ pk.transpose(-1, -2)
     if causal:
@@ -61,15 +61,15 @@ def relative_error(a, b):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("use_rope", [False, True])
 @pytest.mark.parametrize("chunk", [7, 8, 1000])  # not dividing 40, dividing it, longer than the sequence
-@pytest.mark.parametrize("positions", [None, 13])
-def test_equals_dense_eq19(name, causal, use_rope, chunk, positions):
+@pytest.mark.parametrize("offset", [0, 13])
+def test_equals_dense_eq19(name, causal, use_rope, chunk, offset):
     q, k, v = inputs(0)
     feature_map, phi = FEATURE_MAPS[name](8)
     feature_dim = 16 if name == "favor" else 8
     rope = RotaryEmbedding(feature_dim) if use_rope else None
-    got = linear_attention(q, k, v, feature_map, causal=causal, rope=rope, positions=positions, chunk_size=chunk)
+    got = linear_attention(q, k, v, feature_map, causal=causal, rope=rope, offset=offset, chunk_size=chunk)
     assert got.dtype == torch.float64
-    assert relative_error(got, dense_eq19(q, k, v, phi, rope, causal, positions)) < 1e-10
+    assert relative_error(got, dense_eq19(q, k, v, phi, rope, causal, offset)) < 1e-10
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -78,7 +78,7 @@ def test_equals_dense_eq19(name, causal, use_rope, chunk, positions):
 def test_both_pairings_and_partial_rotary_equal_dense(causal, interleaved, rotary_dim):
     q, k, v = inputs(9)
     rope = RotaryEmbedding(rotary_dim, interleaved=interleaved)
-    got = linear_attention(q, k, v, "elu", causal=causal, rope=rope, chunk_size=7, positions=torch.tensor([2, 9]))
+    got = linear_attention(q, k, v, "elu", causal=causal, rope=rope, chunk_size=7, offset=torch.tensor([2, 9]))
     expected = dense_eq19(q, k, v, lambda x: F.elu(x) + 1, rope, causal, torch.tensor([2, 9]))
     assert relative_error(got, expected) < 1e-10
 
@@ -111,9 +111,9 @@ def test_causal_outputs_depend_on_their_prefix_only(name, use_rope, chunk, cut):
     k[:, :, cut:] *= 4
     feature_map, _ = FEATURE_MAPS[name](8)
     rope = RotaryEmbedding(16 if name == "favor" else 8) if use_rope else None
-    full = linear_attention(q, k, v, feature_map, causal=True, rope=rope, chunk_size=chunk, positions=3)
+    full = linear_attention(q, k, v, feature_map, causal=True, rope=rope, chunk_size=chunk, offset=3)
     prefix = linear_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], feature_map, causal=True, rope=rope,
-                              chunk_size=chunk, positions=3)
+                              chunk_size=chunk, offset=3)
     assert relative_error(full[:, :, :cut], prefix) < 1e-12
 
 

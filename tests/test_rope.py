@@ -25,7 +25,7 @@ def dense_rotation(m: int, dim: int, base: float = 10000.0) -> torch.Tensor:
 def rotate_at(x: torch.Tensor, m: int, interleaved: bool = True) -> torch.Tensor:
     """Rotate every row of x (seq, dim) as if it stood at position m."""
     rope = RotaryEmbedding(x.shape[-1], interleaved=interleaved)
-    return rope.rotate(x[None, None], positions=torch.full((1, x.shape[0]), m))[0, 0]
+    return rope.rotate(x[None, None], position_ids=torch.full((1, x.shape[0]), m))[0, 0]
 
 
 def test_frequencies_are_eq15():
@@ -87,63 +87,36 @@ def test_rotation_preserves_norm(half_dim, m, interleaved):
     torch.testing.assert_close(rotate_at(x, m, interleaved).norm(dim=-1), x.norm(dim=-1))
 
 
-@pytest.mark.parametrize("interleaved", [True, False])
-def test_position_forms_agree(interleaved):
-    rope = RotaryEmbedding(16, interleaved=interleaved)
-    q, k = torch.randn(2, 3, 4, 6, 16, dtype=torch.float64).unbind(0)
-    default = rope(q, k)
-    torch.testing.assert_close(default, rope(q, k, positions=0))
-    torch.testing.assert_close(default, rope(q, k, positions=torch.arange(6)))
-    # int offset: the tail of a longer sequence
-    long_q = torch.randn(3, 4, 10, 16, dtype=torch.float64)
-    torch.testing.assert_close(rope.rotate(long_q)[..., 4:, :], rope.rotate(long_q[..., 4:, :], positions=4))
-    # per-sequence offsets equal the explicit (batch, seq) positions
-    offsets = torch.tensor([0, 5, 100])
-    explicit = offsets[:, None] + torch.arange(6)
-    torch.testing.assert_close(rope(q, k, positions=offsets), rope(q, k, positions=explicit))
-    for b, start in enumerate(offsets.tolist()):
-        torch.testing.assert_close(rope.rotate(q[b : b + 1], positions=start), rope.rotate(q, explicit)[b : b + 1])
-
-
-def test_table_grows_on_demand_without_a_maximum():
-    rope = RotaryEmbedding(8)
-    rope.rotate(torch.randn(1, 1, 4, 8))
-    assert rope._cached_len == 256
+def test_no_maximum_length():
+    """Positions far past any training length (20000 .. 25000) are rotated exactly: no table caps them."""
     x = torch.randn(1, 1, 5000, 8, dtype=torch.float64)
-    far = rope.rotate(x, positions=20000)
-    assert rope._cached_len >= 25000
-    torch.testing.assert_close(far, rope.rotate(x, positions=torch.arange(20000, 25000)))
-    theta = rotary_frequencies(8)
-    m = 24999
-    expected = x[0, 0, -1] @ dense_rotation(m, 8).T
-    torch.testing.assert_close(far[0, 0, -1], expected, rtol=1e-6, atol=1e-6)
-    assert theta.dtype == torch.float64
-
-
-def test_table_built_under_inference_mode_serves_training_later():
-    rope = RotaryEmbedding(8)
-    with torch.inference_mode():
-        rope.rotate(torch.randn(1, 1, 4, 8))
-    x = torch.randn(1, 1, 4, 8, requires_grad=True)
-    rope.rotate(x).sum().backward()
-    assert x.grad is not None
+    far = RotaryEmbedding(8).rotate(x, offset=20000)
+    torch.testing.assert_close(far, RotaryEmbedding(8).rotate(x, position_ids=torch.arange(20000, 25000)))
+    expected = x[0, 0, -1] @ dense_rotation(24999, 8).T
+    torch.testing.assert_close(far[0, 0, -1], expected, rtol=1e-12, atol=1e-12)
+    assert rotary_frequencies(8).dtype == torch.float64
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_is_rotated_in_float32_and_returned_in_its_dtype(dtype):
     rope = RotaryEmbedding(32)
     x = torch.randn(2, 3, 50, 32).to(dtype)
-    out = rope.rotate(x, positions=1000)
+    out = rope.rotate(x, offset=1000)
     assert out.dtype == dtype
-    exact = rope.rotate(x.float(), positions=1000)
+    exact = rope.rotate(x.float(), offset=1000)
     torch.testing.assert_close(out.float(), exact.to(dtype).float(), rtol=0, atol=0)
 
 
 def test_partial_rotary_passes_the_rest_through():
     x = torch.randn(2, 2, 7, 24, dtype=torch.float64)
-    out = RotaryEmbedding(16).rotate(x, positions=3)
+    out = RotaryEmbedding(16).rotate(x, offset=3)
     torch.testing.assert_close(out[..., 16:], x[..., 16:], rtol=0, atol=0)
-    torch.testing.assert_close(out[..., :16], RotaryEmbedding(16).rotate(x[..., :16].contiguous(), positions=3))
+    torch.testing.assert_close(out[..., :16], RotaryEmbedding(16).rotate(x[..., :16].contiguous(), offset=3))
+    # a partial_rotary_factor in the parameters (transformers' form) rotates that fraction of the head, with the
+    # frequencies of the rotated dim
+    half = RotaryEmbedding(24, scaling={"partial_rotary_factor": 0.5})
+    assert half.rotary_dim == 12
+    torch.testing.assert_close(half.rotate(x, offset=3), RotaryEmbedding(12).rotate(x, offset=3), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("interleaved", [True, False])
@@ -154,17 +127,6 @@ def test_gradcheck_float64(interleaved, rotary_dim):
     cos, sin = cos.double(), sin.double()
     assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin, interleaved), (x,))
     assert torch.autograd.gradgradcheck(lambda t: apply_rotary(t, cos, sin, interleaved), (x,))
-
-
-def test_backward_saves_no_activation():
-    """The custom backward rotates by -theta: only cos/sin (seq x dim/2) are kept, never x itself."""
-    x = torch.randn(4, 8, 64, 32, requires_grad=True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-        y = RotaryEmbedding(32).rotate(x * 1.0)
-    assert saved and all(shape.numel() <= 64 * 16 for shape in saved), saved
-    (g,) = torch.autograd.grad(y.square().sum(), x)
-    torch.testing.assert_close(g, 2 * x.detach(), rtol=1e-5, atol=1e-5)  # (R^T R) x = x
 
 
 def test_matches_huggingface_rotary():
@@ -205,16 +167,22 @@ def test_layout_permutation_keeps_every_attention_score():
     assert not torch.allclose(scores(w_q, b_q, w_k, interleaved=False), reference)
 
 
-def test_compiles_without_graph_breaks_including_table_growth():
+def test_compiles_without_graph_breaks():
     rope = RotaryEmbedding(16)
 
-    def f(q, k, offset: int):
-        return rope(q, k, positions=offset)
+    def f(q, k, offset: int, starts: torch.Tensor, cu: torch.Tensor):
+        a = rope(q, k, offset=offset)
+        b = rope(q, k, offset=starts)
+        c = rope.rotate(q[0].transpose(0, 1), cu_seqlens=cu)
+        return *a, *b, c
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
-    q, k = torch.randn(2, 1, 2, 300, 16).unbind(0)
-    torch.testing.assert_close(compiled(q, k, 0), f(q, k, 0))
-    torch.testing.assert_close(compiled(q, k, 700), f(q, k, 700))  # needs 1000 > 512 cached positions
+    q, k = torch.randn(2, 2, 2, 300, 16).unbind(0)
+    cu = torch.tensor([0, 100, 300], dtype=torch.int32)
+    for offset in (0, 700):
+        for got, want in zip(compiled(q, k, offset, torch.tensor([3, 9]), cu), f(q, k, offset, torch.tensor([3, 9]),
+                                                                                  cu), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -223,9 +191,14 @@ def test_compiles_without_graph_breaks_including_table_growth():
         (lambda: RotaryEmbedding(7), "even"),
         (lambda: RotaryEmbedding(32).rotate(torch.randn(1, 1, 4, 16)), "larger than the head dim"),
         (lambda: RotaryEmbedding(8)(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 5, 8)), "differ"),
-        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), torch.zeros(2, 3, dtype=torch.long)), "fit"),
-        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), torch.zeros(4)), "integer"),
-        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), -1), ">= 0"),
+        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), position_ids=torch.zeros(2, 3, dtype=torch.long)),
+         r"\(seq,\) or \(batch, seq\)"),
+        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), position_ids=torch.zeros(4)), "integer"),
+        (lambda: RotaryEmbedding(8).rotate(torch.randn(1, 1, 4, 8), offset=-1), ">= 0"),
+        (lambda: RotaryEmbedding(8, base=0.0), "base"),
+        (lambda: RotaryEmbedding(8, base=float("nan")), "base"),
+        (lambda: RotaryEmbedding(8, base=-1), "base"),
+        (lambda: RotaryEmbedding(8, scaling={"rope_theta": float("inf")}), "rope_theta"),
         (lambda: apply_rotary(torch.randn(4, 8), *rotary_cos_sin(torch.arange(4), 10)), "larger than the head"),
         (lambda: permute_rotary_layout(torch.randn(10, 3), 3), "heads"),
     ],
@@ -254,7 +227,7 @@ def test_long_term_decay_bound():
 
 def test_export_with_a_dynamic_sequence_length():
     """torch.export of the encoder with dynamic batch and sequence axes runs far past the length it was traced at
-    (and past the cos/sin table's first 256 positions), equal to eager."""
+    equal to eager."""
     from roformer.models import RoFormerConfig, RoFormerForMaskedLM
 
     torch.manual_seed(0)
@@ -280,3 +253,39 @@ def test_compile_dynamic_does_not_recompile_as_lengths_grow():
         q, k = torch.randn(2, 1, 2, n, 16).unbind(0)
         torch.testing.assert_close(compiled(q, k), rope(q, k))
     assert len(compilations) == 1
+
+
+def test_xpos_scales_queries_and_keys_as_sun_et_al():
+    """xPos: q_m -> zeta^(m/gamma) R_m q, k_n -> zeta^(-n/gamma) R_n k with zeta_i = (2i/d + 0.4) / 1.4 per pair,
+    in float64 against the dense R of Eq. 15; a score then depends on m - n only."""
+    dim, gamma = 8, 64.0
+    rope = RotaryEmbedding(dim, xpos_scale_base=gamma)
+    q, k = torch.randn(2, 1, 1, 6, dim, dtype=torch.float64).unbind(0)
+    positions = torch.tensor([0, 3, 10, 100, 500, 1000])
+    rq, rk = rope(q, k, position_ids=positions)
+    zeta = torch.tensor([(2 * i / dim + 0.4) / 1.4 for i in range(dim // 2)], dtype=torch.float64)
+    for t, m in enumerate(positions.tolist()):
+        scale = (zeta ** (m / gamma)).repeat_interleave(2)
+        torch.testing.assert_close(rq[0, 0, t], scale * (dense_rotation(m, dim) @ q[0, 0, t]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rk[0, 0, t], (dense_rotation(m, dim) @ k[0, 0, t]) / scale, rtol=1e-12,
+                                   atol=1e-12)
+    shifted_q, shifted_k = rope(q, k, position_ids=positions + 333)
+    torch.testing.assert_close(shifted_q @ shifted_k.transpose(-1, -2), rq @ rk.transpose(-1, -2), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_xpos_cached_decoding_equals_a_full_causal_pass():
+    """Queries and keys rotated step by step at their offsets (keys cached) give the causal attention of one full
+    pass: the positions are not centred on the sequence length, so nothing depends on how much is decoded."""
+    rope = RotaryEmbedding(16, xpos_scale_base=32.0)
+    q, k, v = torch.randn(3, 2, 2, 20, 16, dtype=torch.float64).unbind(0)
+    fq, fk = rope(q, k)
+    full = torch.nn.functional.scaled_dot_product_attention(fq, fk, v, is_causal=True)
+    keys, steps = [], []
+    for t in range(20):
+        sq, sk = rope(q[:, :, t : t + 1], k[:, :, t : t + 1], offset=t)
+        keys.append(sk)
+        steps.append(torch.nn.functional.scaled_dot_product_attention(sq, torch.cat(keys, 2), v[:, :, : t + 1]))
+    torch.testing.assert_close(torch.cat(steps, 2), full, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="xpos_cos_sin"):
+        rope.cos_sin(4)

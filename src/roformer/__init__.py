@@ -13,13 +13,19 @@ from .models import (
     RoFormerForTokenClassification,
     RoFormerModel,
 )
-from .rope import RotaryEmbedding, apply_rotary, permute_rotary_layout, relative_upper_bound
+from .rope import RotaryEmbedding, apply_rotary, permute_rotary_layout, relative_upper_bound, rotary_positions
+from .rope_nd import AxialRotaryEmbedding, MixedRotaryEmbedding, MultimodalRotaryEmbedding, mrope_position_ids
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RotaryEmbedding",
     "apply_rotary",
+    "rotary_positions",
+    "MultimodalRotaryEmbedding",
+    "mrope_position_ids",
+    "AxialRotaryEmbedding",
+    "MixedRotaryEmbedding",
     "permute_rotary_layout",
     "relative_upper_bound",
     "KVCache",

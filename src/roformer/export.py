@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .io import read_json
+from .kernels.rotary import rotary_reference
 from .models import roformer as heads
 
 __all__ = ["load_any_head", "export_model", "FORMATS"]
@@ -74,8 +75,11 @@ def export_model(model_dir: str | Path, out: str | Path, fmt: str = "onnx", chec
         if fmt == "onnx":
             import onnxruntime
 
-            torch.onnx.export(wrapped, example, str(out), dynamo=True, dynamic_shapes=dynamic, input_names=names,
-                              output_names=list(outputs), verbose=False)
+            # ONNX has no rotation op: roformer::rotary is written out as its reference formula (Eq. 34)
+            program = torch.export.export(wrapped, example, dynamic_shapes=dynamic).run_decompositions(
+                {torch.ops.roformer.rotary.default: rotary_reference})
+            torch.onnx.export(program, f=str(out), dynamo=True, input_names=names, output_names=list(outputs),
+                              verbose=False)
             session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
             got = session.run(None, {n: t.numpy() for n, t in zip(names, check, strict=True)})
             got = [torch.from_numpy(g) for g in got]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import RotaryEmbedding, _rotate
+from .rope import RotaryEmbedding, apply_rotary
 
 __all__ = ["linear_attention", "elu_feature_map", "FavorFeatures", "LinearAttention", "causal_product", "CausalEq19"]
 
@@ -119,7 +119,7 @@ class _Chunks:
         if self.cos is None:
             return x
         cos, sin = self.cos[..., s:e, :], self.sin[..., s:e, :]
-        return _rotate(x, cos, -sin if inverse else sin, self.interleaved)
+        return apply_rotary(x, cos, sin, self.interleaved, inverse=inverse)
 
     def weights(self, s: int, e: int) -> Tensor:
         """exp(g_n - g_m) for n <= m inside the chunk, zero above the diagonal (a 0/1 mask without scales)."""
@@ -265,7 +265,8 @@ def linear_attention(
     feature_map="elu",
     causal: bool = False,
     rope: RotaryEmbedding | None = None,
-    positions=None,
+    offset: int | Tensor = 0,
+    position_ids: Tensor | None = None,
     rope_mode: str = "eq19",
     eps: float | None = None,
     chunk_size: int = 64,
@@ -275,10 +276,11 @@ def linear_attention(
     ``feature_map``: "elu", a :class:`FavorFeatures`, or any callable ``f(x) -> positive features`` (it is
     then used for both q and k). ``rope``: a :class:`RotaryEmbedding` whose dim is the feature dim, applied as
     Eq. 19 (``rope_mode="eq19"``, the default) or to q and k before the feature map
-    (``rope_mode="before_feature_map"``). ``positions``: as for ``RotaryEmbedding``. ``eps``: None (default)
-    computes Eq. 19 exactly, replacing only a denominator that underflowed to zero; a number keeps every
-    denominator at least ``eps`` times the scale of its terms, max_i phi(q_m)_i * max_{n, i} varphi(k_n)_i
-    (n <= m when causal). ``chunk_size``: tokens per chunk of the causal sums (memory O(chunk^2) per head).
+    (``rope_mode="before_feature_map"``). ``offset``, ``position_ids``: the positions, as for ``RotaryEmbedding``.
+    ``eps``: None (default) computes Eq. 19 exactly, replacing only a denominator that underflowed to zero; a number
+    keeps every denominator at least ``eps`` times the scale of its terms, max_i phi(q_m)_i * max_{n, i}
+    varphi(k_n)_i (n <= m when causal). ``chunk_size``: tokens per chunk of the causal sums (memory O(chunk^2) per
+    head).
     """
     if q.ndim != 4 or k.shape != q.shape[:-1] + (k.shape[-1],) or v.shape[:-1] != k.shape[:-1]:
         raise ValueError(f"q, k, v must be (batch, heads, seq, dim) with matching batch/heads/seq, got "
@@ -291,7 +293,7 @@ def linear_attention(
     compute = torch.float64 if dtype == torch.float64 else torch.float32  # sums over the sequence: >= float32
     q, k, v = q.to(compute), k.to(compute), v.to(compute)
     if rope is not None and rope_mode == "before_feature_map":
-        q, k = rope(q, k, positions)
+        q, k = rope(q, k, offset=offset, position_ids=position_ids)
     if causal and chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     pq, pk, g = _positive_features(feature_map, q, k, causal)
@@ -302,10 +304,11 @@ def linear_attention(
         cos = sin = None
         if eq19:
             # (a partial rotary dim rotates the first rope.dim features; the rest pass through)
-            cos, sin = (t.to(compute) for t in rope.cos_sin(pq.shape[-2], positions, pq.device))
+            cos, sin = (t.to(compute) for t in rope.cos_sin(pq.shape[-2], offset=offset, position_ids=position_ids,
+                                                            device=pq.device))
         num, den = CausalEq19.apply(pq, pk, v, cos, sin, rope.interleaved if eq19 else True, g, chunk_size, True)
     else:
-        rq, rk = rope(pq, pk, positions) if eq19 else (pq, pk)
+        rq, rk = rope(pq, pk, offset=offset, position_ids=position_ids) if eq19 else (pq, pk)
         num = rq @ (rk.transpose(-1, -2) @ v)
         den = (pq @ pk.sum(-2)[..., None])[..., 0]
     if eps is None:
@@ -357,6 +360,7 @@ class LinearAttention(nn.Module):
             self.features.step()
         use_rope = pos is not None and pos.rope is not None
         y = linear_attention(q, k, v, self.features if self.features is not None else "elu", causal=is_causal,
-                             rope=self.rotary if use_rope else None, positions=pos.offset if use_rope else None,
+                             rope=self.rotary if use_rope else None, offset=pos.offset if use_rope else 0,
+                             position_ids=pos.position_ids if use_rope else None,
                              rope_mode=self.rope_mode, chunk_size=self.chunk_size)
         return self.out(y.transpose(1, 2).reshape(batch, seq, -1))

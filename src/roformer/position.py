@@ -31,7 +31,8 @@ POSITIONS = ("none", "learned", "sinusoidal", "shaw", "t5", "alibi", "rope")
 class PositionalAttention:
     """What a position encoding contributes to every attention layer of one forward pass."""
 
-    offset: int | Tensor | None = None  # positions of the new tokens (RotaryEmbedding's forms)
+    offset: int = 0  # how many cached positions come before the new tokens
+    position_ids: Tensor | None = None  # or every new token's position, (seq,) or (batch, seq) (rope only)
     rope: tuple[Tensor, Tensor] | None = None  # cos, sin for the new tokens (head-dim RoPE is on)
     bias: Tensor | None = None  # additive score bias broadcastable to (batch, heads, q, k)
     shaw: ShawRelative | None = None  # Shaw et al.'s per-layer relative key and value tables ...
@@ -47,8 +48,12 @@ class PositionEncoding(nn.Module):
         """Token embeddings (batch, seq, hidden) of positions offset .. offset+seq-1 -> input to layer 1."""
         return x
 
-    def attention(self, q_len: int, k_len: int, offset, device) -> PositionalAttention:
-        """Per-forward inputs to attention for q_len new tokens after offset cached ones (k_len in all)."""
+    def attention(self, q_len: int, k_len: int, offset: int, device, position_ids: Tensor | None = None
+                  ) -> PositionalAttention:
+        """Per-forward inputs to attention for q_len new tokens after offset cached ones (k_len in all);
+        ``position_ids`` (RoPE only): the new tokens' positions, in place of offset .. offset + q_len - 1."""
+        if position_ids is not None:
+            raise ValueError(f"position_ids need position='rope'; {self.name!r} takes the positions after the cache")
         return PositionalAttention(offset=offset)
 
     @property
@@ -104,9 +109,10 @@ class Rotary(PositionEncoding):
 
     name = "rope"
 
-    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True, scaling: dict | None = None):
+    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True, scaling: dict | None = None,
+                 max_positions: int | None = None):
         super().__init__()
-        self.rotary = RotaryEmbedding(dim, base, interleaved, scaling)
+        self.rotary = RotaryEmbedding(dim, base, interleaved, scaling, max_position_embeddings=max_positions)
 
     @property
     def allows_kv_cache(self) -> bool:
@@ -115,13 +121,16 @@ class Rotary(PositionEncoding):
         them, would be stale (the trap of caching under dynamic scaling); such a model decodes without a cache."""
         return not self.rotary.length_dependent
 
-    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
-        if self.rotary.length_dependent and offset:
+    def attention(self, q_len, k_len, offset, device, position_ids=None) -> PositionalAttention:
+        if self.rotary.length_dependent and (offset or position_ids is not None):
             raise ValueError(f"rope_type {self.rotary.scaling['rope_type']!r} changes every position's angles with "
-                             "the sequence length, so it takes no KV cache: run the whole sequence")
-        if self.rotary.length_dependent and offset is not None and not isinstance(offset, int):
-            raise ValueError(f"rope_type {self.rotary.scaling['rope_type']!r} takes contiguous positions only")
-        return PositionalAttention(offset=offset, rope=self.rotary.cos_sin(q_len, offset, device, total_len=k_len))
+                             "the sequence length, so it takes no KV cache and no position_ids: run the whole "
+                             "sequence")
+        if position_ids is not None:
+            cos_sin = self.rotary.cos_sin(q_len, position_ids=position_ids, device=device)
+        else:
+            cos_sin = self.rotary.cos_sin(q_len, offset=offset, device=device, total_len=k_len)
+        return PositionalAttention(offset=offset, position_ids=position_ids, rope=cos_sin)
 
 
 def _relative(q_len: int, k_len: int, device) -> Tensor:
@@ -149,7 +158,8 @@ class ShawRelative(PositionEncoding):
         for table in [*self.keys, *self.values]:
             nn.init.normal_(table.weight, std=0.02)
 
-    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+    def attention(self, q_len, k_len, offset, device, position_ids=None) -> PositionalAttention:
+        super().attention(q_len, k_len, offset, device, position_ids)  # refuses position_ids
         rel = _relative(q_len, k_len, device).clamp(-self.max_distance, self.max_distance) + self.max_distance
         return PositionalAttention(offset=offset, shaw=self, shaw_index=rel)
 
@@ -187,7 +197,8 @@ class T5RelativeBias(PositionEncoding):
         self.bias = nn.Embedding(num_buckets, num_heads)
         nn.init.normal_(self.bias.weight, std=0.02)
 
-    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+    def attention(self, q_len, k_len, offset, device, position_ids=None) -> PositionalAttention:
+        super().attention(q_len, k_len, offset, device, position_ids)  # refuses position_ids
         buckets = t5_bucket(_relative(q_len, k_len, device), self.bidirectional, self.num_buckets,
                             self.max_distance)
         return PositionalAttention(offset=offset, bias=self.bias(buckets).permute(2, 0, 1)[None])
@@ -219,7 +230,8 @@ class ALiBi(PositionEncoding):
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
 
-    def attention(self, q_len, k_len, offset, device) -> PositionalAttention:
+    def attention(self, q_len, k_len, offset, device, position_ids=None) -> PositionalAttention:
+        super().attention(q_len, k_len, offset, device, position_ids)  # refuses position_ids
         distance = _relative(q_len, k_len, device).abs().float()
         return PositionalAttention(offset=offset, bias=(-self.slopes.to(device)[:, None, None] * distance)[None])
 
@@ -228,20 +240,12 @@ class ALiBi(PositionEncoding):
         return True
 
 
-def _with_length(rope_parameters: dict | None, max_positions: int) -> dict | None:
-    """A model's rope_parameters with its configured length, from which yarn / longrope derive an absent factor
-    and dynamic an absent original length; the parameters' own rope_theta is dropped (the config's wins)."""
-    if not rope_parameters:
-        return None
-    p = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
-    p.setdefault("max_position_embeddings", max_positions)
-    return p
-
-
 def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int, causal: bool,
                    max_positions: int = 1024, rope_theta: float = 10000.0, rotary_dim: int | None = None,
                    shaw_max_distance: int = 16, rope_parameters: dict | None = None,
                    num_layers: int = 1) -> PositionEncoding:
+    """The position encoding ``name`` of a model. For RoPE, ``rope_theta`` is the base (the config's, reconciled
+    with its ``rope_parameters`` by :func:`roformer.rope_scaling.model_rope_base`)."""
     if rope_parameters and name != "rope":
         raise ValueError(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {name!r}")
     if name == "none":
@@ -251,7 +255,8 @@ def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int
     if name == "sinusoidal":
         return SinusoidalAbsolute(hidden_size)
     if name == "rope":
-        return Rotary(rotary_dim or head_dim, rope_theta, scaling=_with_length(rope_parameters, max_positions))
+        scaling = {k: v for k, v in (rope_parameters or {}).items() if k != "rope_theta"}
+        return Rotary(rotary_dim or head_dim, rope_theta, scaling=scaling, max_positions=max_positions)
     if name == "shaw":
         return ShawRelative(head_dim, shaw_max_distance, num_layers)
     if name == "t5":

@@ -56,9 +56,7 @@ def with_scaling(model: DecoderLM, parameters: dict | None) -> DecoderLM:
     """The same weights under another RoPE scaling (``rope_theta`` alone: another base)."""
     if parameters is None:
         return model
-    parameters = dict(parameters)
-    theta = parameters.pop("rope_theta", model.config.rope_theta)
-    config = dataclasses.replace(model.config, rope_theta=theta, rope_parameters=parameters or None)
+    config = dataclasses.replace(model.config, rope_parameters=parameters)
     scaled = DecoderLM(config)
     scaled.load_state_dict(model.state_dict())
     return scaled.eval()

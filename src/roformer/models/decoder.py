@@ -18,7 +18,7 @@ from ..attention import KVCache, attention_bias
 from ..layers import TransformerBlock
 from ..linear_attention import LinearAttention
 from ..position import POSITIONS, build_position
-from ..rope_scaling import NO_CACHE, check_scaling
+from ..rope_scaling import NO_CACHE, model_rope_base
 from ..train.losses import token_cross_entropy
 from .roformer import ModelOutput
 from .saving import load_model_dir, save_model_dir
@@ -58,10 +58,10 @@ class DecoderConfig:
             raise ValueError(f"{self.position!r} adds to a score matrix that linear attention never forms")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.rope_parameters:
-            if self.attention == "linear":
-                raise ValueError("rope_parameters (RoPE scaling) are not supported with linear attention")
-            check_scaling(self.rope_parameters, self.position, self.hidden_size // self.num_heads, self.max_positions)
+        if self.rope_parameters and self.attention == "linear":
+            raise ValueError("rope_parameters (RoPE scaling) are not supported with linear attention")
+        self.rope_theta = model_rope_base(self.rope_theta, self.rope_parameters, self.position,
+                                          self.hidden_size // self.num_heads, self.max_positions)
 
 
 class DecoderLM(nn.Module):

@@ -24,7 +24,7 @@ from ..attention import KVCache, attention_bias
 from ..io import read_json
 from ..layers import TransformerBlock, activation
 from ..position import POSITIONS, build_position
-from ..rope_scaling import NO_CACHE, check_scaling
+from ..rope_scaling import NO_CACHE, model_rope_base
 
 __all__ = [
     "RoFormerConfig",
@@ -71,9 +71,6 @@ class RoFormerConfig:
     def __post_init__(self):
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
-        if self.rope_parameters:
-            check_scaling(self.rope_parameters, self.position, self.hidden_size // self.num_attention_heads,
-                          self.max_position_embeddings)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -84,6 +81,8 @@ class RoFormerConfig:
         activation(self.hidden_act)
         if self.position not in POSITIONS:
             raise ValueError(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
+        self.rope_theta = model_rope_base(self.rope_theta, self.rope_parameters, self.position, self.head_dim,
+                                          self.max_position_embeddings)
         if self.problem_type not in (None, "regression", "single_label_classification",
                                      "multi_label_classification"):
             raise ValueError(f"unknown problem_type {self.problem_type!r}")
@@ -338,14 +337,14 @@ class RoFormerModel(RoFormerPreTrainedModel):
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
-        positions: int | Tensor | None = None,
+        position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> ModelOutput:
         """Returns a :class:`ModelOutput` with ``last_hidden_state`` (batch, seq, hidden) (and the cache).
 
-        ``attention_mask`` (batch, seq [+ cached]) is 1 for real tokens and 0 for padding. ``positions``
-        defaults to 0..seq-1 after any cached tokens; see ``RotaryEmbedding`` for the other forms.
+        ``attention_mask`` (batch, seq [+ cached]) is 1 for real tokens and 0 for padding. ``position_ids``
+        ((seq,) or (batch, seq), RoPE only) defaults to 0..seq-1 after any cached tokens.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -362,14 +361,14 @@ class RoFormerModel(RoFormerPreTrainedModel):
         if kv_cache is not None and not self.position.allows_kv_cache:
             raise ValueError(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         offset = kv_cache.seq_len if kv_cache is not None else 0
-        if positions is not None and not isinstance(positions, int) and self.config.position != "rope":
-            raise ValueError(f"position tensors need position='rope'; {self.config.position!r} takes an int offset")
-        x = self.position.embed(x, offset if positions is None else positions)  # absolute schemes, as in BERT
+        if position_ids is not None and self.config.position != "rope":
+            raise ValueError(f"position_ids need position='rope'; {self.config.position!r} takes none")
+        x = self.position.embed(x, offset)  # absolute schemes, as in BERT
         x = self.dropout(self.embedding_norm(x))
         if self.embedding_project is not None:
             x = self.embedding_project(x)
 
-        pos = self.position.attention(seq, offset + seq, offset if positions is None else positions, x.device)
+        pos = self.position.attention(seq, offset + seq, offset, x.device, position_ids)
         causal = self.config.is_decoder
         if attention_mask is None and offset == 0:
             bias = None  # no mask at all, or SDPA's own causal mask
