@@ -218,3 +218,53 @@ def test_experiments_write_to_runs_not_to_the_committed_reports(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "performer_lm" / "report.md").is_file()
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system that fills up: a 1.6 MB tmpfs (root only; skipped where it cannot be mounted)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(small_disk):
+    """The second checkpoint of a smoke run does not fit: one line naming the path and the cause (not torch's
+    'unexpected pos'), exit 2, the first checkpoint intact; with room again, --resume finishes the run."""
+    require_data("enwik8")
+    out = small_disk / "run"
+    result = run("train", "--preset", "smoke", "--out", out)
+    assert_error(result, "no space left", "checkpoints/step-", "--resume")
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000010"], checkpoints  # no temporary directory left, the first one kept
+    from roformer.experiments import char_lm
+    from roformer.train import checkpoint as ckpt
+
+    smoke_model = RoFormerForCausalLM(char_lm.model_config(char_lm.build_config("smoke")))
+    ckpt.load_checkpoint(out / "checkpoints" / "step-00000010", smoke_model)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert run("train", "--preset", "smoke", "--out", out, "--resume").returncode == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 30
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    require_data("enwik8")
+    out = tmp_path / "terminated"
+    process = subprocess.Popen([ROFORMER, "train", "--preset", "smoke", "--out", str(out), "--max-steps", "100000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-00000010").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert "Traceback" not in err and lines[-1].startswith("roformer: terminated") and "--resume" in lines[-1]
+    assert (out / "checkpoints" / "step-00000010" / "model.safetensors").is_file()

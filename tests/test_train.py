@@ -173,3 +173,88 @@ def test_resume_continues_every_optimizer_exactly(tmp_path, optimizer):
     train(tmp_path / "early", resume=True)
     steps = [json.loads(line)["step"] for line in (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+
+
+@pytest.mark.parametrize("fault", ["nan loss", "nan gradient"])
+def test_a_non_finite_update_stops_the_run_and_no_checkpoint_is_lost(tmp_path, fault):
+    """A real NaN in the loss (or in the gradients of a finite loss, with no clipping) at update 5: the run stops
+    with one line naming the update and the likely cause, before applying it; the weights stay finite, and the
+    finite checkpoint of update 4 is kept (keep_last=1 would have pruned it for a NaN one)."""
+    from roformer.train import NonFiniteLoss, Trainer
+
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+
+    def batch_fn(step, micro):
+        return {"x": x, "step": torch.tensor(step)}
+
+    def loss_fn(net, batch):
+        loss = net(batch["x"]).square().mean()
+        if int(batch["step"]) == 4:  # the batch of update 5
+            if fault == "nan loss":
+                loss = loss * float("nan")
+            else:  # d/dw sqrt(|w - w|) at 0: inf * 0 = NaN in the gradient, while the loss is 0
+                w = net.weight
+                loss = loss + (w - w.detach()).abs().sqrt().sum()
+        return loss, 32
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    config = TrainConfig(max_steps=10, lr=1e-2, warmup_steps=0, schedule="constant", save_every=2, keep_last=1,
+                         log_every=1, progress=False, clip_grad_norm=1.0 if fault == "nan loss" else None)
+    with pytest.raises(NonFiniteLoss, match=r"update 5: the loss is .* learning rate .*step-00000004\) was saved"):
+        Trainer(model, config, tmp_path, batch_fn, loss_fn).fit()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000004"]
+    saved = load_file(str(tmp_path / "checkpoints" / "step-00000004" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+class Stopped(Exception):
+    pass
+
+
+def _linear_run(run_dir, max_steps, stop_at=None):
+    """A tiny regression trainer, checkpointing every 2 updates; ``stop_at``: raise when that update's batch is
+    asked for (a run stopped by an error after its checkpoint)."""
+    from roformer.train import Trainer
+
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+
+    def batch_fn(step, micro):
+        if step == stop_at:
+            raise Stopped
+        return {"x": x}
+
+    torch.manual_seed(0)
+    config = TrainConfig(max_steps=max_steps, lr=1e-2, warmup_steps=0, schedule="constant", save_every=2,
+                         log_every=1, progress=False)
+    return Trainer(torch.nn.Linear(4, 1), config, run_dir, batch_fn,
+                   lambda net, batch: (net(batch["x"]).square().mean(), 32))
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+    """What a kill or a full disk in the middle of an append leaves: the resume warns, names the file and goes on;
+    a damaged line before the last is an error naming the file and the line."""
+    with pytest.raises(Stopped):  # after the checkpoint of update 2 and the record of update 3
+        _linear_run(tmp_path, 6, stop_at=3).fit()
+    metrics = tmp_path / "metrics.jsonl"
+    with open(metrics, "ab") as f:
+        f.write(b'{"step": 4, "loss": 0.12')  # torn
+    with pytest.warns(UserWarning, match="metrics.jsonl: its last line is incomplete"):
+        _linear_run(tmp_path, 6).fit(resume=True)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6 and len(set(steps)) >= 6
+    metrics.write_text(metrics.read_text().replace('{"step": 2', '{"step: 2', 1))
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line \d+ is not valid JSON"):
+        _linear_run(tmp_path, 6).fit(resume=True)
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _linear_run(tmp_path, 2).fit()
+    finally:
+        os.umask(old)
+    files = list((tmp_path / "checkpoints").glob("step-*/*"))
+    assert files and all(f.stat().st_mode & 0o777 == 0o644 for f in files), [(f.name, oct(f.stat().st_mode)) for f
+                                                                             in files]

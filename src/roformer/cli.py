@@ -6,6 +6,7 @@ import argparse
 import inspect
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,15 @@ DEBUG_ENV = "ROFORMER_DEBUG"
 
 class UsageError(ValueError):
     """A mistake in what the user asked for, reported as one line."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's or ``kill``'s stop), raised where the process is, as Ctrl-C raises KeyboardInterrupt:
+    every file is written atomically, so the run keeps its last checkpoint and resumes from it."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,9 +339,21 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Every failure ends as one line ``roformer: error: ...`` (exit 2; 1 for an unexpected
-    internal error, 130 for Ctrl-C); ``--debug`` or ``ROFORMER_DEBUG=1`` shows the traceback instead."""
+    internal error, 130 for Ctrl-C, 143 for SIGTERM); ``--debug`` or ``ROFORMER_DEBUG=1`` shows the traceback
+    instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding program): it keeps its own handling
+        return _run(args)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     if args.debug or os.environ.get(DEBUG_ENV):
         args.func(args)
         return 0
@@ -340,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nroformer: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"roformer: terminated (SIGTERM){_resume_hint(args)}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ValueError, TypeError, KeyError, OSError, argparse.ArgumentTypeError) as e:
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "read_json", "read_safetensors", "cache_root"]
+__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "read_json", "read_jsonl", "read_safetensors",
+           "cache_root"]
 
 ENV_CACHE = "ROFORMER_CACHE"
 
@@ -56,6 +58,26 @@ def read_json(path: str | Path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (``metrics.jsonl``). A torn last line, what a kill or a full disk in the
+    middle of an append leaves, is dropped with a warning naming the file; a bad line before the last is a
+    ValueError naming the file and the line."""
+    lines = Path(path).read_bytes().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if all(not rest.strip() for rest in lines[number:]):
+                warnings.warn(f"{path}: its last line is incomplete (an interrupted write); it is ignored",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from None
+    return records
 
 
 def read_safetensors(path: str | Path) -> dict:

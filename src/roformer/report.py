@@ -7,6 +7,8 @@ import json
 import textwrap
 from pathlib import Path
 
+from .io import read_jsonl
+
 __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs",
            "mean_std", "paired_difference", "seed_rows", "plot_seed_bands", "plot_lines"]
 
@@ -15,7 +17,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no metrics.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def read_summary(run_dir: str | Path) -> dict:

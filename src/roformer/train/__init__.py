@@ -1,9 +1,10 @@
 """The one trainer: loop, optimizers and schedules, checkpoints with exact resume, DDP."""
 
-from .checkpoint import average_checkpoints, latest_checkpoint, list_checkpoints
+from .checkpoint import DiskFull, average_checkpoints, latest_checkpoint, list_checkpoints
 from .losses import token_cross_entropy
 from .optim import build_optimizer, lr_multiplier
 from .trainer import (
+    NonFiniteLoss,
     TrainConfig,
     Trainer,
     check_same_run,
@@ -14,4 +15,4 @@ from .trainer import (
 
 __all__ = ["TrainConfig", "Trainer", "preset_train_config", "build_optimizer", "lr_multiplier",
            "token_cross_entropy", "average_checkpoints", "latest_checkpoint", "list_checkpoints",
-           "init_distributed", "is_main_process", "check_same_run"]
+           "init_distributed", "is_main_process", "check_same_run", "NonFiniteLoss", "DiskFull"]

@@ -12,6 +12,7 @@ code when it is resumed.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -24,8 +25,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
-__all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "save_checkpoint", "load_checkpoint", "remove_temporary",
-           "latest_checkpoint", "list_checkpoints", "average_checkpoints", "rng_state", "set_rng_state"]
+from ..io import umask_mode
+
+__all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "DiskFull", "save_checkpoint", "load_checkpoint",
+           "remove_temporary", "latest_checkpoint", "list_checkpoints", "average_checkpoints", "rng_state",
+           "set_rng_state"]
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -36,6 +40,27 @@ class CorruptCheckpoint(ValueError):
 
 class UnsafeCheckpoint(ValueError):
     """A trainer state that holds objects other than tensors and plain data: loading it could run code."""
+
+
+class DiskFull(OSError):
+    """No room to write a checkpoint (ENOSPC): the earlier checkpoints are kept."""
+
+    def __init__(self, path: Path, step: int):
+        free = shutil.disk_usage(path.parent).free
+        super().__init__(errno.ENOSPC, f"no space left on the device to write the checkpoint of step {step} ({free} "
+                         "bytes free); the earlier checkpoints are kept: free some space and rerun with --resume",
+                         str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or torch's zip writer failing (it reports a short write as
+    'unexpected pos', a RuntimeError) on a file system with almost nothing left."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, (OSError, RuntimeError, SafetensorError)) and shutil.disk_usage(directory).free < 1 << 20
 
 
 def rng_state() -> dict:
@@ -73,12 +98,19 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_
     final = directory / f"step-{step:08d}"
     remove_temporary(directory)
     tmp = directory / f".tmp-step-{step:08d}-{os.getpid()}"
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        for f in tmp.iterdir():
+            os.chmod(f, umask_mode())  # safetensors writes through a private temporary file (0600)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except (OSError, RuntimeError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e, directory):
+            raise DiskFull(final, step) from e
+        raise
     if final.exists():  # the same step saved again (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

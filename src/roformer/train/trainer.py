@@ -34,9 +34,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_jsonl
 from .checkpoint import (
     CorruptCheckpoint,
+    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     remove_temporary,
@@ -46,7 +47,12 @@ from .checkpoint import (
 )
 from .optim import SCHEDULES, build_optimizer, lr_multiplier
 
-__all__ = ["TrainConfig", "Trainer", "check_same_run", "init_distributed", "is_main_process", "preset_train_config"]
+__all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "check_same_run", "init_distributed", "is_main_process",
+           "preset_train_config"]
+
+
+class NonFiniteLoss(ValueError):
+    """The loss or the gradient norm of an update is not finite: the run stops before applying it."""
 
 
 @dataclass
@@ -227,9 +233,8 @@ class Trainer:
             set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
             # records past the checkpoint belong to the interrupted attempt; they are recomputed identically
             if is_main_process() and self.metrics_path.exists():
-                kept = [line for line in self.metrics_path.read_text().splitlines()
-                        if line and json.loads(line)["step"] <= self.step]
-                atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+                kept = [r for r in read_jsonl(self.metrics_path) if r["step"] <= self.step]
+                atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
             self.resumed_from = path
             return True
         if found:
@@ -268,9 +273,23 @@ class Trainer:
         """The most recent evaluation record of the run (keys without the ``eval/`` prefix)."""
         if not self.metrics_path.exists():
             return {}
-        evals = [r for r in map(json.loads, self.metrics_path.read_text().splitlines())
-                 if any(k.startswith("eval/") for k in r)]
+        evals = [r for r in read_jsonl(self.metrics_path) if any(k.startswith("eval/") for k in r)]
         return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k != "step"} if evals else {}
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, lr: float) -> None:
+        """Stop before an update whose loss or gradients are not finite (one host sync per update): it would make
+        every weight NaN, and a checkpoint saved after it would replace the finite ones."""
+        if grad_norm is None:  # not clipped: the norm is still needed to see an inf/NaN gradient
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
+                if grads else loss.new_zeros(())
+        if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            return
+        latest = latest_checkpoint(self.checkpoint_dir)
+        raise NonFiniteLoss(
+            f"update {self.step + 1}: the loss is {float(loss):g} and the gradient norm {float(grad_norm):g}; the run "
+            f"stopped before applying it (likely causes: a learning rate too high, it is {lr:g}; fp16 overflow; bad "
+            f"data). Nothing after the last finite checkpoint ({latest or 'none yet'}) was saved, and it is kept")
 
     def fit(self, resume: bool = False, recorded: dict | None = None) -> dict:
         """Train to ``max_steps``; returns the final evaluation metrics.
@@ -311,47 +330,50 @@ class Trainer:
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and is_main_process()),
                    unit="step", dynamic_ncols=True, desc=self.desc)
         tokens_seen, t0 = 0, time.perf_counter()
-        while self.step < c.max_steps:
-            # every update's randomness (dropout) is a function of (seed, rank, step): exact resume, also
-            # under DDP where the other processes' RNG states are not in the checkpoint
-            torch.manual_seed(c.seed * 1_000_003 + self.step * 1009 + self.rank)
-            loss_sum, tokens = 0.0, 0
-            for micro in range(c.grad_accum):
-                batch = self._shard(self.batch_fn(self.step, micro))
-                sync = self.ddp is None or micro == c.grad_accum - 1
-                with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
-                    loss, n = self.loss_fn(net, batch)
-                (loss / c.grad_accum).backward()
-                loss_sum += loss.detach().float()
-                tokens += n
-            grad_norm = None
-            if c.clip_grad_norm:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
-            lr = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            tokens_seen += tokens * self.world
-            bar.update(1)
-            if self.step % c.log_every == 0 or self.step == c.max_steps:
-                loss_value = (loss_sum / c.grad_accum).item()
-                if self.world > 1:
-                    t = torch.tensor([loss_value], device=self.device)
-                    dist.all_reduce(t)
-                    loss_value = t.item() / self.world
-                elapsed = time.perf_counter() - t0
-                record = {"step": self.step, "loss": loss_value, "lr": lr,
-                          "tokens_per_s": float(tokens_seen) / max(elapsed, 1e-9)}
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                self._log(record)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
-                self.evaluate()
-            if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
-                self.save()
-        bar.close()
+        try:  # the bar ends its line on any exit, so an error message starts on its own
+            while self.step < c.max_steps:
+                # every update's randomness (dropout) is a function of (seed, rank, step): exact resume, also
+                # under DDP where the other processes' RNG states are not in the checkpoint
+                torch.manual_seed(c.seed * 1_000_003 + self.step * 1009 + self.rank)
+                loss_sum, tokens = 0.0, 0
+                for micro in range(c.grad_accum):
+                    batch = self._shard(self.batch_fn(self.step, micro))
+                    sync = self.ddp is None or micro == c.grad_accum - 1
+                    with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                        loss, n = self.loss_fn(net, batch)
+                    (loss / c.grad_accum).backward()
+                    loss_sum += loss.detach().float()
+                    tokens += n
+                grad_norm = None
+                if c.clip_grad_norm:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
+                lr = self.scheduler.get_last_lr()[0]
+                self._check_finite(loss_sum / c.grad_accum, grad_norm, lr)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                tokens_seen += tokens * self.world
+                bar.update(1)
+                if self.step % c.log_every == 0 or self.step == c.max_steps:
+                    loss_value = (loss_sum / c.grad_accum).item()
+                    if self.world > 1:
+                        t = torch.tensor([loss_value], device=self.device)
+                        dist.all_reduce(t)
+                        loss_value = t.item() / self.world
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": self.step, "loss": loss_value, "lr": lr,
+                              "tokens_per_s": float(tokens_seen) / max(elapsed, 1e-9)}
+                    if grad_norm is not None:
+                        record["grad_norm"] = float(grad_norm)
+                    self._log(record)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
+                    self.evaluate()
+                if c.save_every and self.step % c.save_every == 0 and self.step < c.max_steps:
+                    self.save()
+        finally:
+            bar.close()
         final = self.evaluate()
         if recorded and is_main_process():
             try:
