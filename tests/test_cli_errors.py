@@ -1,6 +1,7 @@
 """Every user mistake through the real `roformer` entry point (a subprocess): one line `roformer: error: ...`
 naming the problem, exit code 2 (130 for Ctrl-C), never a traceback; runs are never silently mixed."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -186,6 +187,10 @@ def test_resume_never_unpickles_code(tmp_path):
     state["step"] = _RunsCode(marker)
     with open(checkpoint / "trainer_state.pt", "wb") as f:
         pickle.dump(state, f)
+    # whoever crafted it also wrote the digest the checkpoint carries, so the pickle itself must be refused
+    digests = json.loads((checkpoint / "sha256.json").read_text())
+    digests["trainer_state.pt"] = hashlib.sha256((checkpoint / "trainer_state.pt").read_bytes()).hexdigest()
+    (checkpoint / "sha256.json").write_text(json.dumps(digests))
     model, batch_fn, loss_fn = tiny_setup()
     trainer = Trainer(model, TrainConfig(max_steps=2, progress=False), run_dir, batch_fn, loss_fn)
     with pytest.raises(UnsafeCheckpoint, match="refused.*could run code"):
@@ -268,3 +273,27 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
     lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
     assert "Traceback" not in err and lines[-1].startswith("roformer: terminated") and "--resume" in lines[-1]
     assert (out / "checkpoints" / "step-00000010" / "model.safetensors").is_file()
+
+
+def test_a_damaged_newest_trainer_state_falls_back_to_the_previous(tmp_path, capsys):
+    """Not truncated but damaged: bytes in the middle of the newest trainer_state.pt overwritten (it used to end in
+    'internal error IndexError'), or a pickle that holds no trainer state."""
+    from roformer.train import TrainConfig, Trainer
+
+    model, batch_fn, loss_fn = tiny_setup()
+    run_dir = tmp_path / "run"
+    config = TrainConfig(max_steps=4, save_every=2, keep_last=3, progress=False)
+    Trainer(model, config, run_dir, batch_fn, loss_fn).fit()
+    newest = sorted((run_dir / "checkpoints").iterdir())[-1] / "trainer_state.pt"
+    data = bytearray(newest.read_bytes())
+    for damage in ("bytes", "no state"):
+        if damage == "bytes":
+            middle = len(data) // 2
+            data[middle : middle + 64] = bytes(range(64))
+            newest.write_bytes(bytes(data))
+        else:
+            torch.save({"step": "four"}, newest)
+        model, batch_fn, loss_fn = tiny_setup()
+        trainer = Trainer(model, config, run_dir, batch_fn, loss_fn)
+        assert trainer.resume() and trainer.step == 2, damage
+        assert "using the previous checkpoint" in capsys.readouterr().out

@@ -13,6 +13,8 @@ code when it is resumed.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import pickle
 import random
@@ -32,6 +34,7 @@ __all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "DiskFull", "save_checkpoint
            "set_rng_state"]
 
 _NAME = re.compile(r"^step-(\d{8})$")
+_DIGESTS = "sha256.json"  # the SHA-256 of each file of the checkpoint, written with them
 
 
 class CorruptCheckpoint(ValueError):
@@ -102,6 +105,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
+        digests = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / _DIGESTS).write_text(json.dumps(digests, indent=2) + "\n")
         for f in tmp.iterdir():
             os.chmod(f, umask_mode())  # safetensors writes through a private temporary file (0600)
             with open(f, "rb") as fh:
@@ -138,17 +143,41 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
-    """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step)."""
+    """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step). The files are
+    first checked against the SHA-256 digests saved with them (checkpoints of older versions have none), so a
+    damaged byte anywhere is found, not loaded as other numbers."""
     path = Path(path)
+    digests_file = path / _DIGESTS
+    if digests_file.is_file():
+        try:
+            digests = json.loads(digests_file.read_text())
+        except (OSError, ValueError) as e:
+            raise CorruptCheckpoint(f"checkpoint {path}: {_DIGESTS} is unreadable ({e})") from None
+        for name, expected in digests.items():
+            if not (path / name).is_file() or _sha256(path / name) != expected:
+                raise CorruptCheckpoint(f"checkpoint {path}: {name} is missing or damaged (its SHA-256 differs from "
+                                        "the one saved with it)")
     try:
         state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UnsafeCheckpoint(f"checkpoint {path}: refused, its trainer_state.pt holds objects other than tensors "
                                "and plain data, and loading it could run code; resume only checkpoints written by "
                                "this program") from None
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CorruptCheckpoint(f"checkpoint {path}: trainer_state.pt is unreadable ({e})") from None
+    except Exception as e:  # truncated (EOFError, RuntimeError) or damaged (IndexError, KeyError, ...)
+        raise CorruptCheckpoint(f"checkpoint {path}: trainer_state.pt is unreadable ({type(e).__name__}: {e})") \
+            from None
+    if not (isinstance(state, dict) and {"optimizer", "scheduler", "step", "rng"} <= state.keys()
+            and isinstance(state["step"], int)):
+        raise CorruptCheckpoint(f"checkpoint {path}: trainer_state.pt does not hold a trainer state")
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except (OSError, RuntimeError, SafetensorError) as e:

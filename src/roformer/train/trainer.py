@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..io import atomic_write_text, read_jsonl
 from .checkpoint import (
     CorruptCheckpoint,
+    UnsafeCheckpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -221,24 +222,29 @@ class Trainer:
         remove_temporary(self.checkpoint_dir)
         self._check_same_run()
         found = list_checkpoints(self.checkpoint_dir)
+        errors = []
         for path in reversed(found):
             try:
                 state = load_checkpoint(path, self.model)
-            except CorruptCheckpoint as e:
-                print(f"warning: {e}; using the previous checkpoint", flush=True)
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
+            except (CorruptCheckpoint, UnsafeCheckpoint, KeyError, IndexError, TypeError) as e:
+                # truncated, damaged or refused: the previous checkpoint may still be good
+                errors.append(e if isinstance(e, ValueError) else CorruptCheckpoint(
+                    f"checkpoint {path}: its trainer state is damaged ({type(e).__name__}: {e})"))
+                print(f"warning: {errors[-1]}; using the previous checkpoint", flush=True)
                 continue
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
             self.step = state["step"]
-            set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
             # records past the checkpoint belong to the interrupted attempt; they are recomputed identically
             if is_main_process() and self.metrics_path.exists():
                 kept = [r for r in read_jsonl(self.metrics_path) if r["step"] <= self.step]
                 atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
             self.resumed_from = path
             return True
-        if found:
-            raise CorruptCheckpoint(f"cannot resume {self.run_dir}: none of its {len(found)} checkpoints is readable")
+        if found:  # the newest one's reason, in its own type (an unsafe pickle stays UnsafeCheckpoint)
+            raise type(errors[0])(f"cannot resume {self.run_dir}: none of its {len(found)} checkpoints is readable; "
+                                  f"the newest: {errors[0]}")
         return False
 
     # -- the loop -----------------------------------------------------------------------------------
