@@ -4,6 +4,7 @@ cache root, where roformer keeps what it can fetch or rebuild (downloads, compil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -11,8 +12,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "read_json", "read_jsonl", "read_safetensors",
-           "cache_root"]
+__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "sha256_file", "read_json", "read_jsonl",
+           "read_safetensors", "cache_root"]
 
 ENV_CACHE = "ROFORMER_CACHE"
 
@@ -50,6 +51,15 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path):

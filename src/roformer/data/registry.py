@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import cache_root, umask_mode
+from ..io import cache_root, sha256_file, umask_mode
 from .checksums import SHA256
 
 __all__ = ["DataFile", "Dataset", "DataUnavailable", "REGISTRY", "get", "data_dir", "resolve", "available"]
@@ -263,21 +263,13 @@ def _cache_dir() -> Path:
 _verified: set[tuple[str, float, int]] = set()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(dataset: Dataset, file: DataFile, path: Path) -> Path:
     if file.sha256 is None:
         return path
     stat = path.stat()
     key = (str(path), stat.st_mtime, stat.st_size)
     if key not in _verified:
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != file.sha256:
             raise DataUnavailable(
                 f"data set {dataset.name!r}: {path} is corrupt or a different version (sha256 {digest[:16]}..., "
@@ -328,7 +320,7 @@ def _download(dataset: Dataset, file: DataFile, target: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             _cut(fetched, file.transform, out)
-        digest = _sha256(Path(tmp))
+        digest = sha256_file(Path(tmp))
         if file.sha256 and digest != file.sha256:
             fetched.unlink()  # a corrupt or different download: fetch it anew next time
             raise DataUnavailable(

@@ -13,7 +13,6 @@ code when it is resumed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -27,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
-from ..io import umask_mode
+from ..io import sha256_file, umask_mode
 
 __all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "DiskFull", "save_checkpoint", "load_checkpoint",
            "remove_temporary", "latest_checkpoint", "list_checkpoints", "average_checkpoints", "rng_state",
@@ -105,7 +104,7 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
-        digests = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        digests = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
         (tmp / _DIGESTS).write_text(json.dumps(digests, indent=2) + "\n")
         for f in tmp.iterdir():
             os.chmod(f, umask_mode())  # safetensors writes through a private temporary file (0600)
@@ -143,14 +142,6 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step). The files are
     first checked against the SHA-256 digests saved with them (checkpoints of older versions have none), so a
@@ -163,7 +154,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
         except (OSError, ValueError) as e:
             raise CorruptCheckpoint(f"checkpoint {path}: {_DIGESTS} is unreadable ({e})") from None
         for name, expected in digests.items():
-            if not (path / name).is_file() or _sha256(path / name) != expected:
+            if not (path / name).is_file() or sha256_file(path / name) != expected:
                 raise CorruptCheckpoint(f"checkpoint {path}: {name} is missing or damaged (its SHA-256 differs from "
                                         "the one saved with it)")
     try:
