@@ -180,3 +180,44 @@ def test_bad_directories_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no field"):
         (tmp_path / "config.json").write_text(json.dumps(config))
         roformer.RoFormerModel.from_pretrained(tmp_path, hidden_sise=3)
+
+
+def test_a_checkpoint_that_its_config_does_not_describe_is_refused(tmp_path):
+    """num_hidden_layers: 1 for a 2-layer checkpoint used to load, dropping a layer with no word; int32 tensors for
+    float weights too. A head the class lacks (the MLM head under a classifier) is still dropped with a warning."""
+    import json as _json
+
+    from safetensors.torch import load_file, save_file
+
+    from roformer import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification, RoFormerModel
+
+    config = RoFormerConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32)
+    RoFormerForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    RoFormerForSequenceClassification.from_pretrained(tmp_path / "mlm", num_labels=3)  # head dropped: fine
+    shallow = tmp_path / "shallow"
+    shallow.mkdir()
+    (shallow / "model.safetensors").write_bytes((tmp_path / "mlm" / "model.safetensors").read_bytes())
+    cfg = _json.loads((tmp_path / "mlm" / "config.json").read_text())
+    (shallow / "config.json").write_text(_json.dumps({**cfg, "num_hidden_layers": 1}))
+    for cls in (RoFormerForMaskedLM, RoFormerModel):
+        with pytest.raises(ValueError, match=r"encoder weights its config.json has no place for \(.*layers\.1"):
+            cls.from_pretrained(shallow)
+    ints = tmp_path / "ints"
+    ints.mkdir()
+    (ints / "config.json").write_text((tmp_path / "mlm" / "config.json").read_text())
+    tensors = load_file(str(tmp_path / "mlm" / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith("attention.self.query.weight"))
+    tensors[name] = tensors[name].to(torch.int32)
+    save_file(tensors, str(ints / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"query.* stored as torch.int32 .*floating-point"):
+        RoFormerForMaskedLM.from_pretrained(ints)
+    # the models saved in our own format (decoder LM, encoder-decoder) check the same, from the file's header
+    from roformer.models.decoder import DecoderConfig, DecoderLM
+
+    DecoderLM(DecoderConfig(vocab_size=20, hidden_size=16, num_layers=1, num_heads=2)).save_pretrained(tmp_path / "lm")
+    tensors = load_file(str(tmp_path / "lm" / "model.safetensors"))
+    tensors["embed.weight"] = tensors["embed.weight"].to(torch.int32)
+    save_file(tensors, str(tmp_path / "lm" / "model.safetensors"))
+    with pytest.raises(ValueError, match="embed.weight is stored as I32; a weight must be a floating-point"):
+        DecoderLM.from_pretrained(tmp_path / "lm")

@@ -121,6 +121,10 @@ def from_hf_state_dict(state: dict[str, Tensor], bare: bool) -> dict[str, Tensor
     for (layer, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             raise ValueError(f"layer {layer} {kind}: checkpoint has only {sorted(parts)} of query/key/value")
+        for part, tensor in parts.items():  # checked here: torch.cat below would promote an int tensor silently
+            if not tensor.is_floating_point():
+                raise ValueError(f"layer {layer} attention.self.{part}.{kind} is stored as {tensor.dtype} in the "
+                                 "checkpoint; a weight must be a floating-point tensor")
         out[f"roformer.layers.{layer}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in ("query", "key", "value")])
     if bare:
         out = {k.removeprefix("roformer."): v for k, v in out.items() if k.startswith("roformer.")}
@@ -198,6 +202,20 @@ def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, 
                 f"{directory}: {name} has shape {tuple(tensor.shape)} in the checkpoint but "
                 f"{tuple(expected[name].shape)} in a model built from its config.json"
             )
+        if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise ValueError(f"{directory}: {name} is stored as {tensor.dtype} in the checkpoint; a weight must be a "
+                             "floating-point tensor (float32, float16, bfloat16 or float64)")
+    # encoder weights the config has no place for (a layer dropped by num_hidden_layers, say) are an error: the
+    # model would run without them; a head the class does not have (an MLM head under a classifier) is dropped,
+    # with a warning, as in transformers
+    unused = sorted(k for k in state if k not in expected)
+    encoder = [k for k in unused if cls is RoFormerModel or k.startswith("roformer.")]
+    if encoder:
+        shown = ", ".join(encoder[:6]) + (f" and {len(encoder) - 6} more" if len(encoder) > 6 else "")
+        raise ValueError(f"{directory}: the checkpoint has encoder weights its config.json has no place for ({shown}): "
+                         "the config does not describe this checkpoint (check num_hidden_layers and the sizes)")
+    if unused:
+        log.warning("%s: checkpoint weights not used by this head: %s", cls.__name__, ", ".join(unused))
     state = {k: v for k, v in state.items() if k in expected}
     missing, _ = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.decoder.weight" and config.tie_word_embeddings)]

@@ -8,13 +8,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..io import atomic_write, atomic_write_text, read_json
 
 __all__ = ["save_model_dir", "load_model_dir"]
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def save_model_dir(model: nn.Module, directory: str | Path, model_type: str) -> None:
@@ -37,6 +39,12 @@ def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
     model = cls(config_cls(**config))
     path = directory / "model.safetensors"
     try:  # safetensors' loader, which knows the tied weights save_model left out
+        floating = {k: v.is_floating_point() for k, v in model.state_dict().items()}
+        with safe_open(str(path), "pt") as f:  # dtypes from the header: load_state_dict would cast ints silently
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if floating.get(name) and dtype not in _FLOAT_DTYPES:
+                    raise ValueError(f"{path}: {name} is stored as {dtype}; a weight must be a floating-point tensor")
         load_model(model, str(path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated: save it "
