@@ -50,7 +50,14 @@ import torch
 from torch import Tensor, nn
 
 from .kernels.rotary import InplaceRotary, PackedRotary, compute_dtype, rotary, rotary_
-from .rope_scaling import default_frequencies, frequencies, is_length_dependent, normalize_rope_parameters
+from .rope_scaling import (
+    check_base,
+    check_rotary_dim,
+    default_frequencies,
+    frequencies,
+    is_length_dependent,
+    normalize_rope_parameters,
+)
 from .rope_scaling import rotary_dim as scaled_rotary_dim
 
 __all__ = [
@@ -70,17 +77,9 @@ def angle_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def _check_base(base) -> float:
-    if isinstance(base, bool) or not isinstance(base, int | float) or not math.isfinite(base) or base <= 0:
-        raise ValueError(f"the RoPE base (rope_theta) must be a finite number > 0, got {base!r}")
-    return float(base)
-
-
 def rotary_frequencies(dim: int, base: float = 10000.0, device=None, dtype=torch.float64) -> Tensor:
     """theta_i = base^(-2(i-1)/d) for i = 1 .. d/2 (Eq. 15). Returns a tensor of shape (d/2,)."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
-        raise ValueError(f"rotary dim must be a positive even integer, got {dim!r}")
-    return default_frequencies(dim, _check_base(base), device, dtype)
+    return default_frequencies(check_rotary_dim(dim), check_base(base), device, dtype)
 
 
 def rotary_cos_sin(positions: Tensor, dim: int | None = None, base: float = 10000.0, theta: Tensor | None = None,
@@ -271,8 +270,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, base: float | None = None, interleaved: bool = True, scaling: dict | None = None,
                  seq_dim: int = -2, max_position_embeddings: int | None = None, xpos_scale_base: float | None = None):
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
-            raise ValueError(f"rotary dim must be a positive even integer, got {dim!r}")
+        check_rotary_dim(dim)
         if seq_dim not in (-2, -3):
             raise ValueError(f"seq_dim must be -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), "
                              f"got {seq_dim}")
@@ -280,7 +278,7 @@ class RotaryEmbedding(nn.Module):
         theta = self.scaling.get("rope_theta")
         if base is not None and theta is not None and float(base) != float(theta):
             raise ValueError(f"base {base} and rope_parameters' rope_theta {theta} disagree; give one")
-        self.base = _check_base(base if base is not None else theta if theta is not None else 10000.0)
+        self.base = check_base(base if base is not None else theta if theta is not None else 10000.0)
         self.dim, self.interleaved, self.seq_dim = dim, interleaved, seq_dim
         self.rotary_dim = scaled_rotary_dim(self.scaling, dim)
         self.length_dependent = is_length_dependent(self.scaling)
@@ -434,11 +432,10 @@ class RotaryEmbedding(nn.Module):
                                total_len=total_len, dtype=dtype)
         return cos_sin, cos_sin
 
-    def _check_dim(self, x: Tensor, name: str) -> bool:
+    def _check_dim(self, x: Tensor, name: str) -> None:
         if x.shape[-1] < self.dim:
             raise ValueError(f"rotary dim {self.dim} is larger than the head dim {x.shape[-1]} of {name} "
                              f"{tuple(x.shape)}")
-        return True
 
     def _check(self, x: Tensor, name: str, cu_seqlens) -> int:
         """The sequence length of x, after checking its layout."""

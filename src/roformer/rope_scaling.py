@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ROPE_TYPES", "NO_CACHE", "default_frequencies", "normalize_rope_parameters", "rotary_dim",
-           "model_rope_base", "frequencies", "is_length_dependent"]
+           "check_base", "check_rotary_dim", "model_rope_base", "frequencies", "is_length_dependent"]
 
 NO_CACHE = ("rope_type {!r} changes the angles of every position as the sequence grows, so a KV cache would "
             "hold stale keys: run without kv_cache (generate() does)")
@@ -163,6 +163,19 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_base(base) -> float:
+    """The RoPE base as a float, or a ValueError: it must be a finite number > 0 (0, -1 or NaN give NaN angles)."""
+    if not (_number(base) and base > 0):
+        raise ValueError(f"the RoPE base (rope_theta) must be a finite number > 0, got {base!r}")
+    return float(base)
+
+
+def check_rotary_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
+        raise ValueError(f"rotary dim must be a positive even integer, got {dim!r}")
+    return dim
+
+
 def normalize_rope_parameters(parameters: dict | None, dim: int, max_position_embeddings: int | None = None) -> dict:
     """HuggingFace's ``rope_parameters`` for a head (or rotary) dim ``dim``, checked and completed: ``rope_type``
     set (the old key ``type`` accepted), ``original_max_position_embeddings`` and ``factor`` derived from a model's
@@ -242,11 +255,9 @@ def model_rope_base(rope_theta, rope_parameters: dict | None, position: str, hea
     """A model config's RoPE base, with its ``rope_parameters`` checked (:func:`normalize_rope_parameters`). The
     parameters' own ``rope_theta`` (transformers 5 keeps the base there) is the base when the config's is the default
     10000 or the same; two different explicit bases are an error, not a guess."""
-    if isinstance(rope_theta, bool) or not isinstance(rope_theta, int | float) or not (
-            math.isfinite(rope_theta) and rope_theta > 0):
-        raise ValueError(f"rope_theta must be a finite number > 0, got {rope_theta!r}")
+    rope_theta = check_base(rope_theta)
     if not rope_parameters:
-        return float(rope_theta)
+        return rope_theta
     if not isinstance(rope_parameters, dict):
         raise ValueError(f"rope_parameters must be a dict like {{'rope_type': 'linear', 'factor': 2.0}}, got "
                          f"{rope_parameters!r}")
