@@ -16,6 +16,7 @@ import torch
 
 from roformer import RoFormerConfig, RoFormerForCausalLM
 from roformer.data.tokenizer import train_wordpiece
+from roformer.errors import InvalidArgument, UnknownName
 from roformer.models.decoder import DecoderConfig, DecoderLM
 
 from .conftest import require_data, tiny_encoder_dir
@@ -297,3 +298,24 @@ def test_a_damaged_newest_trainer_state_falls_back_to_the_previous(tmp_path, cap
         trainer = Trainer(model, config, run_dir, batch_fn, loss_fn)
         assert trainer.resume() and trainer.step == 2, damage
         assert "using the previous checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error, code", [
+    (KeyError("max_len"), 1), (TypeError("unsupported operand"), 1), (ValueError("math domain error"), 1),
+    (IndexError("index out of range"), 1), (InvalidArgument("--dim must be even, got 7"), 2),
+    (UnknownName("unknown data set 'x'"), 2), (FileNotFoundError(2, "No such file or directory", "a.txt"), 2),
+])
+def test_only_the_projects_own_errors_are_user_errors(monkeypatch, capsys, error, code):
+    """A KeyError or TypeError from inside is a bug (exit 1, with the hint to rerun with --debug), not a user's
+    mistake dressed as one; the project's own error types and the operating system's are exit 2."""
+    from roformer import cli
+    from roformer.experiments import decay
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(decay, "run", fail)
+    assert cli.main(["decay", "--out", "unused"]) == code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("roformer: error: ")
+    assert ("internal error" in lines[0] and "--debug" in lines[0]) == (code == 1), lines[0]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InvalidArgument
 from .rope import apply_rotary
 
 if TYPE_CHECKING:
@@ -71,10 +72,10 @@ def attention_bias(
     allowed = None
     if padding_mask is not None:
         if padding_mask.ndim != 2 or padding_mask.shape[-1] != k_len:
-            raise ValueError(
-                f"attention_mask must be (batch, {k_len}) covering cached and new tokens, "
-                f"got {tuple(padding_mask.shape)}"
-            )
+            raise InvalidArgument(
+                     f"attention_mask must be (batch, {k_len}) covering cached and new tokens, "
+                     f"got {tuple(padding_mask.shape)}"
+                 )
         allowed = padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
     if causal:
         q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
@@ -101,7 +102,7 @@ class MultiHeadAttention(nn.Module):
     ):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
+            raise InvalidArgument(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.dropout, self.rotary_value, self.interleaved = dropout, rotary_value, interleaved
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
@@ -168,7 +169,7 @@ class CrossAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
+            raise InvalidArgument(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
         self.num_heads, self.head_dim, self.dropout = num_heads, hidden_size // num_heads, dropout
         self.q = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=bias)

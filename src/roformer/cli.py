@@ -10,10 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
+from .errors import InvalidArgument, RoformerError
+
 DEBUG_ENV = "ROFORMER_DEBUG"
 
 
-class UsageError(ValueError):
+class UsageError(InvalidArgument):
     """A mistake in what the user asked for, reported as one line."""
 
 
@@ -126,7 +128,7 @@ def _generate(args: argparse.Namespace) -> None:
         raise UsageError("--prompt is empty: give at least one character to continue")
     model = RoFormerForCausalLM.from_pretrained(args.model).to(args.device).eval()
     if model.config.vocab_size != 256:
-        raise ValueError(f"{args.model} is not a byte-level model (vocab size {model.config.vocab_size})")
+        raise InvalidArgument(f"{args.model} is not a byte-level model (vocab size {model.config.vocab_size})")
     generate_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed,
                   stream=lambda text: print(text, end="", flush=True))
     print()
@@ -338,8 +340,9 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb. Every failure ends as one line ``roformer: error: ...`` (exit 2; 1 for an unexpected
-    internal error, 130 for Ctrl-C, 143 for SIGTERM); ``--debug`` or ``ROFORMER_DEBUG=1`` shows the traceback
+    """Run one verb. Every failure ends as one line ``roformer: error: ...``: exit 2 for a problem with the input or
+    the files (a :class:`~roformer.errors.RoformerError` or an ``OSError``), 1 for any other exception (a bug),
+    130 for Ctrl-C, 143 for SIGTERM; ``--debug`` or ``ROFORMER_DEBUG=1`` shows the traceback
     instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -365,8 +368,8 @@ def _run(args) -> int:
     except Terminated:
         print(f"roformer: terminated (SIGTERM){_resume_hint(args)}", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except (ValueError, TypeError, KeyError, OSError, argparse.ArgumentTypeError) as e:
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    except (RoformerError, OSError, argparse.ArgumentTypeError) as e:  # the user's input or files: not a bug
+        message = str(e)
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
             message = f"{e.filename}: {e.strerror or message}"
         print(f"roformer: error: {message}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import InvalidArgument
 from .io import read_json
 from .kernels.rotary import rotary_reference
 from .models import roformer as heads
@@ -26,7 +27,7 @@ def load_any_head(model_dir: str | Path) -> nn.Module:
     name = (config.get("architectures") or ["RoFormerModel"])[0]
     cls = getattr(heads, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, heads.RoFormerPreTrainedModel)):
-        raise ValueError(f"{model_dir}: architecture {name!r} is not a RoFormer head this package knows")
+        raise InvalidArgument(f"{model_dir}: architecture {name!r} is not a RoFormer head this package knows")
     return cls.from_pretrained(model_dir).eval()
 
 
@@ -55,7 +56,7 @@ def export_model(model_dir: str | Path, out: str | Path, fmt: str = "onnx", chec
     """Export ``model_dir`` to ``out``; returns what was checked: the largest absolute difference to the eager
     model on a (3, check_length) batch (the export traced (2, 16)), which must stay below 1e-4."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise InvalidArgument(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     model = load_any_head(model_dir)
     name = type(model).__name__
     outputs = OUTPUTS.get(name, ("logits",))
@@ -89,8 +90,8 @@ def export_model(model_dir: str | Path, out: str | Path, fmt: str = "onnx", chec
             got = torch.export.load(str(out)).module()(*check)
     difference = max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
     if not difference < 1e-4:
-        raise ValueError(f"the exported {fmt} model differs from the eager one by {difference:.2e} on a "
-                         f"{check_length}-token batch: not exported correctly")
+        raise InvalidArgument(f"the exported {fmt} model differs from the eager one by {difference:.2e} on a "
+                              f"{check_length}-token batch: not exported correctly")
     report = {"model": str(model_dir), "head": name, "format": fmt, "file": str(out), "inputs": names,
               "outputs": list(outputs), "dynamic axes": "batch, sequence",
               "checked on": f"batch 3 x {check_length} tokens (traced at 2 x 16)", "max abs difference": difference}

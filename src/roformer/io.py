@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import InvalidArgument
+
 __all__ = ["atomic_write", "atomic_write_text", "umask_mode", "sha256_file", "read_json", "read_jsonl",
            "read_safetensors", "cache_root"]
 
@@ -67,7 +69,7 @@ def read_json(path: str | Path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise InvalidArgument(f"{path} is not valid JSON ({e})") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -86,7 +88,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 warnings.warn(f"{path}: its last line is incomplete (an interrupted write); it is ignored",
                               stacklevel=2)
                 break
-            raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from None
+            raise InvalidArgument(f"{path}: line {number} is not valid JSON ({e})") from None
     return records
 
 
@@ -98,5 +100,5 @@ def read_safetensors(path: str | Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated: save or "
-                         "download it again") from None
+        raise InvalidArgument(f"{path} is not a readable safetensors file ({e}); it may be truncated: save or "
+                              "download it again") from None

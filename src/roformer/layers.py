@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import CrossAttention, KVCache, MultiHeadAttention
+from .errors import InvalidArgument
 
 __all__ = ["ACTIVATIONS", "FeedForward", "TransformerBlock", "DecoderBlock"]
 
@@ -24,7 +25,7 @@ def activation(name: str):
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
+        raise InvalidArgument(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
 
 
 class FeedForward(nn.Module):

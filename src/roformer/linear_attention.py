@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InvalidArgument
 from .rope import RotaryEmbedding, apply_rotary
 
 __all__ = ["linear_attention", "elu_feature_map", "FavorFeatures", "LinearAttention", "causal_product", "CausalEq19"]
@@ -72,7 +73,7 @@ class FavorFeatures(nn.Module):
         self.head_dim = head_dim
         self.num_features = num_features or head_dim
         if self.num_features % 2:
-            raise ValueError(f"the number of random features must be even for RoPE, got {self.num_features}")
+            raise InvalidArgument(f"the number of random features must be even for RoPE, got {self.num_features}")
         self.redraw_interval = redraw_interval
         self.register_buffer("projection", _orthogonal_gaussian(self.num_features, head_dim))
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
@@ -235,7 +236,7 @@ class CausalEq19(torch.autograd.Function):
 def causal_product(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, chunk_size: int = 64) -> Tensor:
     """sum_{n <= m} exp(g_n - g_m) (q_m . k_n) v_n for every m (the numerator of :class:`CausalEq19`)."""
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        raise InvalidArgument(f"chunk_size must be at least 1, got {chunk_size}")
     return CausalEq19.apply(q, k, v, None, None, True, None if g is None else g.detach(), chunk_size, False)
 
 
@@ -255,7 +256,7 @@ def _positive_features(feature_map, q: Tensor, k: Tensor, causal: bool) -> tuple
         return pq, torch.exp(lk - g[..., None]), g
     if callable(feature_map):
         return feature_map(q), feature_map(k), None
-    raise ValueError(f"unknown feature map {feature_map!r}; use 'elu', a FavorFeatures or a callable")
+    raise InvalidArgument(f"unknown feature map {feature_map!r}; use 'elu', a FavorFeatures or a callable")
 
 
 def linear_attention(
@@ -283,23 +284,23 @@ def linear_attention(
     head).
     """
     if q.ndim != 4 or k.shape != q.shape[:-1] + (k.shape[-1],) or v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"q, k, v must be (batch, heads, seq, dim) with matching batch/heads/seq, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise InvalidArgument(f"q, k, v must be (batch, heads, seq, dim) with matching batch/heads/seq, got "
+                              f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if rope_mode not in ("eq19", "before_feature_map"):
-        raise ValueError(f"rope_mode must be 'eq19' or 'before_feature_map', got {rope_mode!r}")
+        raise InvalidArgument(f"rope_mode must be 'eq19' or 'before_feature_map', got {rope_mode!r}")
     if eps is not None and not eps >= 0:
-        raise ValueError(f"eps must be None or a number >= 0, got {eps!r}")
+        raise InvalidArgument(f"eps must be None or a number >= 0, got {eps!r}")
     dtype = q.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32  # sums over the sequence: >= float32
     q, k, v = q.to(compute), k.to(compute), v.to(compute)
     if rope is not None and rope_mode == "before_feature_map":
         q, k = rope(q, k, offset=offset, position_ids=position_ids)
     if causal and chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        raise InvalidArgument(f"chunk_size must be at least 1, got {chunk_size}")
     pq, pk, g = _positive_features(feature_map, q, k, causal)
     eq19 = rope is not None and rope_mode == "eq19"
     if eq19 and rope.dim > pq.shape[-1]:
-        raise ValueError(f"rotary dim {rope.dim} exceeds the feature dim {pq.shape[-1]}")
+        raise InvalidArgument(f"rotary dim {rope.dim} exceeds the feature dim {pq.shape[-1]}")
     if causal:  # rotation and both sums in one pass over the chunks (CausalEq19)
         cos = sin = None
         if eq19:
@@ -332,7 +333,7 @@ class LinearAttention(nn.Module):
                  chunk_size: int = 64, bias: bool = True):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
+            raise InvalidArgument(f"hidden size {hidden_size} is not a multiple of the number of heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
         self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
@@ -342,7 +343,7 @@ class LinearAttention(nn.Module):
         elif feature_map == "elu":
             self.features, feature_dim = None, self.head_dim
         else:
-            raise ValueError(f"unknown feature map {feature_map!r}; use 'elu' or 'favor'")
+            raise InvalidArgument(f"unknown feature map {feature_map!r}; use 'elu' or 'favor'")
         self.rope_mode, self.chunk_size = rope_mode, chunk_size
         rope_dim = self.head_dim if rope_mode == "before_feature_map" else feature_dim
         self.rotary = RotaryEmbedding(rope_dim, rope_theta)
@@ -350,10 +351,10 @@ class LinearAttention(nn.Module):
     def forward(self, x: Tensor, pos=None, bias: Tensor | None = None, is_causal: bool = False, kv_cache=None,
                 layer: int = 0) -> Tensor:
         if kv_cache is not None or bias is not None:
-            raise ValueError("linear attention here takes neither a KV cache nor a padding mask")
+            raise InvalidArgument("linear attention here takes neither a KV cache nor a padding mask")
         if pos is not None and (pos.bias is not None or pos.shaw is not None):
-            raise ValueError("linear attention has no score matrix to add a relative bias to: use rope, an "
-                             "absolute encoding or none")
+            raise InvalidArgument("linear attention has no score matrix to add a relative bias to: use rope, an "
+                                  "absolute encoding or none")
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(2)
         if self.features is not None and self.training:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import InvalidArgument
 from .rope import RotaryEmbedding, rotary_cos_sin
 
 __all__ = ["POSITIONS", "PositionalAttention", "PositionEncoding", "build_position", "t5_bucket", "alibi_slopes"]
@@ -53,7 +54,8 @@ class PositionEncoding(nn.Module):
         """Per-forward inputs to attention for q_len new tokens after offset cached ones (k_len in all);
         ``position_ids`` (RoPE only): the new tokens' positions, in place of offset .. offset + q_len - 1."""
         if position_ids is not None:
-            raise ValueError(f"position_ids need position='rope'; {self.name!r} takes the positions after the cache")
+            raise InvalidArgument(f"position_ids need position='rope'; {self.name!r} takes the positions after "
+                                  "the cache")
         return PositionalAttention(offset=offset)
 
     @property
@@ -78,8 +80,8 @@ class LearnedAbsolute(PositionEncoding):
     def embed(self, x: Tensor, offset: int) -> Tensor:
         end = offset + x.shape[1]
         if end > self.embeddings.num_embeddings:
-            raise ValueError(f"learned absolute positions stop at {self.embeddings.num_embeddings}; "
-                             f"position {end - 1} was asked for (RoPE has no such limit)")
+            raise InvalidArgument(f"learned absolute positions stop at {self.embeddings.num_embeddings}; "
+                                  f"position {end - 1} was asked for (RoPE has no such limit)")
         return x + self.embeddings.weight[offset:end]
 
 
@@ -94,7 +96,7 @@ class SinusoidalAbsolute(PositionEncoding):
     def __init__(self, hidden_size: int, base: float = 10000.0, scale_embeddings: bool = True):
         super().__init__()
         if hidden_size % 2:
-            raise ValueError(f"sinusoidal positions need an even hidden size, got {hidden_size}")
+            raise InvalidArgument(f"sinusoidal positions need an even hidden size, got {hidden_size}")
         self.hidden_size, self.base, self.scale_embeddings = hidden_size, base, scale_embeddings
 
     def embed(self, x: Tensor, offset: int) -> Tensor:
@@ -123,9 +125,9 @@ class Rotary(PositionEncoding):
 
     def attention(self, q_len, k_len, offset, device, position_ids=None) -> PositionalAttention:
         if self.rotary.length_dependent and (offset or position_ids is not None):
-            raise ValueError(f"rope_type {self.rotary.scaling['rope_type']!r} changes every position's angles with "
-                             "the sequence length, so it takes no KV cache and no position_ids: run the whole "
-                             "sequence")
+            raise InvalidArgument(f"rope_type {self.rotary.scaling['rope_type']!r} changes every position's angles "
+                                  "with the sequence length, so it takes no KV cache and no position_ids: run the "
+                                  "whole sequence")
         if position_ids is not None:
             cos_sin = self.rotary.cos_sin(q_len, position_ids=position_ids, device=device)
         else:
@@ -247,7 +249,7 @@ def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int
     """The position encoding ``name`` of a model. For RoPE, ``rope_theta`` is the base (the config's, reconciled
     with its ``rope_parameters`` by :func:`roformer.rope_scaling.model_rope_base`)."""
     if rope_parameters and name != "rope":
-        raise ValueError(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {name!r}")
+        raise InvalidArgument(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {name!r}")
     if name == "none":
         return PositionEncoding()
     if name == "learned":
@@ -263,4 +265,4 @@ def build_position(name: str, *, hidden_size: int, num_heads: int, head_dim: int
         return T5RelativeBias(num_heads, bidirectional=not causal)
     if name == "alibi":
         return ALiBi(num_heads)
-    raise ValueError(f"unknown position encoding {name!r}; use one of {', '.join(POSITIONS)}")
+    raise InvalidArgument(f"unknown position encoding {name!r}; use one of {', '.join(POSITIONS)}")

@@ -7,6 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from .errors import InvalidArgument, MissingFile
 from .io import read_jsonl
 
 __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs",
@@ -16,7 +17,7 @@ __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "wri
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: no metrics.jsonl")
+        raise MissingFile(f"{run_dir} is not a run directory: no metrics.jsonl")
     return read_jsonl(path)
 
 
@@ -106,7 +107,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
                  keys=("loss", "eval/loss")) -> Path:
     """Overlay several runs' curves in ``curves.png`` and tabulate their final metrics in ``report.md``."""
     if not run_dirs:
-        raise ValueError("give at least one run directory")
+        raise InvalidArgument("give at least one run directory")
     out_dir = Path(out_dir)
     runs = {Path(d).name: Path(d) for d in run_dirs}
     plot_curves(runs, out_dir / "curves.png", keys=keys, title=title)
@@ -136,7 +137,7 @@ def paired_difference(values, reference, confidence: float = 0.95) -> tuple[floa
     from scipy import stats
 
     if len(values) != len(reference):
-        raise ValueError(f"paired seeds differ in number: {len(values)} vs {len(reference)}")
+        raise InvalidArgument(f"paired seeds differ in number: {len(values)} vs {len(reference)}")
     diffs = [float(a) - float(b) for a, b in zip(values, reference, strict=True)]
     mean, std = mean_std(diffs)
     if len(diffs) < 2:

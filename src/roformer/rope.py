@@ -49,6 +49,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .errors import InvalidArgument, InvalidType
 from .kernels.rotary import InplaceRotary, PackedRotary, compute_dtype, rotary, rotary_
 from .rope_scaling import (
     check_base,
@@ -107,9 +108,9 @@ def rotary_cos_sin(positions: Tensor, dim: int | None = None, base: float = 1000
 
 def _integer_tensor(t, name: str) -> Tensor:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be an integer tensor, got {type(t).__name__}")
+        raise InvalidType(f"{name} must be an integer tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+        raise InvalidType(f"{name} must be an integer tensor, got {t.dtype}")
     return t
 
 
@@ -125,38 +126,39 @@ def rotary_positions(seq_len: int, *, offset: int | Tensor = 0, position_ids: Te
       ``(n,)`` offset tensor, flash-attention's ``seqlen_offsets``). Shape ``(seq,)``.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int | torch.SymInt) or seq_len < 0:
-        raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
+        raise InvalidArgument(f"seq_len must be an int >= 0, got {seq_len!r}")
     offset_given = not (isinstance(offset, int) and not isinstance(offset, bool) and offset == 0)  # a SymInt counts
     if position_ids is not None and (cu_seqlens is not None or offset_given):
-        raise ValueError("give position_ids alone: they are every token's position (add an offset to them "
-                         "yourself), while offset and cu_seqlens describe positions by sequence")
+        raise InvalidArgument("give position_ids alone: they are every token's position (add an offset to them "
+                              "yourself), while offset and cu_seqlens describe positions by sequence")
     if position_ids is not None:
         position_ids = _integer_tensor(position_ids, "position_ids")
         if position_ids.ndim not in (1, 2) or position_ids.shape[-1] != seq_len:
-            raise ValueError(f"position_ids must be (seq,) or (batch, seq) with seq = {seq_len}, got "
-                             f"{tuple(position_ids.shape)}; for one start per sequence give offset=(batch,) tensor")
+            raise InvalidArgument(f"position_ids must be (seq,) or (batch, seq) with seq = {seq_len}, got "
+                                  f"{tuple(position_ids.shape)}; for one start per sequence give offset=(batch,) "
+                                  "tensor")
         return position_ids.to(device) if device is not None else position_ids
     if isinstance(offset, Tensor):
         offset = _integer_tensor(offset, "offset")
         if offset.ndim != 1:
-            raise ValueError(f"a tensor offset holds one start per sequence, shape (batch,), got "
-                             f"{tuple(offset.shape)}; every token's position goes in position_ids")
+            raise InvalidArgument(f"a tensor offset holds one start per sequence, shape (batch,), got "
+                                  f"{tuple(offset.shape)}; every token's position goes in position_ids")
         device = offset.device if device is None else device
         offset = offset.to(device)
     elif isinstance(offset, bool) or not isinstance(offset, int | torch.SymInt) or offset < 0:
-        raise ValueError(f"offset must be an int >= 0 or a (batch,) integer tensor, got {offset!r}")
+        raise InvalidArgument(f"offset must be an int >= 0 or a (batch,) integer tensor, got {offset!r}")
     if cu_seqlens is not None:
         cu_seqlens = _integer_tensor(cu_seqlens, "cu_seqlens")
         device = cu_seqlens.device if device is None else device
         if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] < 2:
-            raise ValueError(f"cu_seqlens must be (n + 1,) sequence boundaries, got {tuple(cu_seqlens.shape)}")
+            raise InvalidArgument(f"cu_seqlens must be (n + 1,) sequence boundaries, got {tuple(cu_seqlens.shape)}")
         if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():  # a free check, no device sync
             if cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len or (cu_seqlens.diff() < 0).any():
-                raise ValueError(f"cu_seqlens must rise from 0 to the {seq_len} packed tokens, got "
-                                 f"{cu_seqlens.tolist()}")
+                raise InvalidArgument(f"cu_seqlens must rise from 0 to the {seq_len} packed tokens, got "
+                                      f"{cu_seqlens.tolist()}")
         if isinstance(offset, Tensor) and offset.shape[0] != cu_seqlens.shape[0] - 1:
-            raise ValueError(f"offset must hold one start per packed sequence ({cu_seqlens.shape[0] - 1}), got "
-                             f"{offset.shape[0]}")
+            raise InvalidArgument(f"offset must hold one start per packed sequence ({cu_seqlens.shape[0] - 1}), got "
+                                  f"{offset.shape[0]}")
         cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int64)
         tokens = torch.arange(seq_len, device=device)
         sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True).clamp(max=cu_seqlens.shape[0] - 2)
@@ -183,17 +185,18 @@ def _for_layout(t: Tensor, seq_dim: int) -> Tensor:
 
 def _check_rotation(x: Tensor, cos: Tensor, sin: Tensor) -> None:
     if cos.shape != sin.shape:
-        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+        raise InvalidArgument(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"RoPE rotates floating-point tensors, got {x.dtype}")
+        raise InvalidType(f"RoPE rotates floating-point tensors, got {x.dtype}")
     if 2 * cos.shape[-1] > x.shape[-1]:
-        raise ValueError(f"rotary dim {2 * cos.shape[-1]} is larger than the head dim {x.shape[-1]} of the input "
-                         f"{tuple(x.shape)}")
+        raise InvalidArgument(f"rotary dim {2 * cos.shape[-1]} is larger than the head dim {x.shape[-1]} of the input "
+                              f"{tuple(x.shape)}")
     rows = x.shape[:-1]
     table = cos.shape[:-1]
     if cos.ndim > x.ndim or any(c not in (1, r) for c, r in zip(table, rows[len(rows) - len(table):], strict=True)):
-        raise ValueError(f"cos/sin of shape {tuple(cos.shape)} do not broadcast against the input {tuple(x.shape)} "
-                         "without enlarging it (check the batch size of the positions and the layout)")
+        raise InvalidArgument(f"cos/sin of shape {tuple(cos.shape)} do not broadcast against the input "
+                              f"{tuple(x.shape)} without enlarging it (check the batch size of the positions and the "
+                              "layout)")
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool, inverse: bool = False,
@@ -204,8 +207,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool, inverse: boo
         return rotary(x, cos, sin, interleaved, inverse)
     if x.requires_grad and torch.is_grad_enabled():
         if x.is_leaf:
-            raise ValueError("inplace=True cannot rotate a leaf tensor that requires grad (autograd needs it "
-                             "unchanged): rotate a copy, or use inplace=False")
+            raise InvalidArgument("inplace=True cannot rotate a leaf tensor that requires grad (autograd needs it "
+                                  "unchanged): rotate a copy, or use inplace=False")
         return InplaceRotary.apply(x, cos, sin, interleaved, inverse)
     rotary_(x, cos, sin, interleaved, inverse)
     return x
@@ -225,11 +228,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = True, 
     returned unchanged (partial rotary). Differentiable in x (the backward is the rotation by -theta) and, where
     they require grad, in cos and sin. ``inplace=True`` writes into x and returns it."""
     if seq_dim not in (-2, -3):
-        raise ValueError(f"seq_dim must be -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), got {seq_dim}")
+        raise InvalidArgument(f"seq_dim must be -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), "
+                              f"got {seq_dim}")
     if offset is not None or position_ids is not None or cu_seqlens is not None:
         if cos.ndim != 2:
-            raise ValueError(f"with a position argument cos and sin are tables (max_position, rotary_dim/2), got "
-                             f"{tuple(cos.shape)}")
+            raise InvalidArgument(f"with a position argument cos and sin are tables (max_position, rotary_dim/2), got "
+                                  f"{tuple(cos.shape)}")
         if cu_seqlens is not None:
             seq_dim = -3
         positions = rotary_positions(x.shape[seq_dim], offset=0 if offset is None else offset,
@@ -272,12 +276,12 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         check_rotary_dim(dim)
         if seq_dim not in (-2, -3):
-            raise ValueError(f"seq_dim must be -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), "
-                             f"got {seq_dim}")
+            raise InvalidArgument(f"seq_dim must be -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), "
+                                  f"got {seq_dim}")
         self.scaling = normalize_rope_parameters(scaling, dim, max_position_embeddings)
         theta = self.scaling.get("rope_theta")
         if base is not None and theta is not None and float(base) != float(theta):
-            raise ValueError(f"base {base} and rope_parameters' rope_theta {theta} disagree; give one")
+            raise InvalidArgument(f"base {base} and rope_parameters' rope_theta {theta} disagree; give one")
         self.base = check_base(base if base is not None else theta if theta is not None else 10000.0)
         self.dim, self.interleaved, self.seq_dim = dim, interleaved, seq_dim
         self.rotary_dim = scaled_rotary_dim(self.scaling, dim)
@@ -287,7 +291,7 @@ class RotaryEmbedding(nn.Module):
         self._fixed = None if self.length_dependent else frequencies(self.scaling, dim, self.base)
         if xpos_scale_base is not None and not (isinstance(xpos_scale_base, int | float) and xpos_scale_base > 0
                                                 and math.isfinite(xpos_scale_base)):
-            raise ValueError(f"xpos_scale_base must be a finite number > 0, got {xpos_scale_base!r}")
+            raise InvalidArgument(f"xpos_scale_base must be a finite number > 0, got {xpos_scale_base!r}")
         self.xpos_scale_base = xpos_scale_base
 
     def extra_repr(self) -> str:
@@ -311,8 +315,8 @@ class RotaryEmbedding(nn.Module):
                                      device=device)
         if self.length_dependent and total_len is None:
             if isinstance(offset, Tensor) or position_ids is not None or cu_seqlens is not None:
-                raise ValueError(f"rope_type {self.scaling['rope_type']!r} depends on the sequence length: give "
-                                 "total_len with tensor positions")
+                raise InvalidArgument(f"rope_type {self.scaling['rope_type']!r} depends on the sequence length: give "
+                                      "total_len with tensor positions")
             total_len = offset + seq_len
         theta, factor = self.frequencies(total_len, positions.device)
         cos, sin = rotary_cos_sin(positions, theta=theta, attention_factor=factor)
@@ -332,7 +336,7 @@ class RotaryEmbedding(nn.Module):
         are :meth:`xpos_cos_sin`. ``dtype``: that of the tensors they will rotate, to have them in its compute
         dtype once (float64 for float64, float32 otherwise) rather than at every rotation; default float64."""
         if self.xpos_scale_base is not None:
-            raise ValueError("with xPos, queries and keys are scaled differently: use xpos_cos_sin")
+            raise InvalidArgument("with xPos, queries and keys are scaled differently: use xpos_cos_sin")
         _, cos, sin = self._angles(seq_len, offset, position_ids, cu_seqlens, device, total_len, dtype)
         seq_dim = -3 if cu_seqlens is not None else self.seq_dim
         return _for_layout(cos, seq_dim), _for_layout(sin, seq_dim)
@@ -343,7 +347,7 @@ class RotaryEmbedding(nn.Module):
         """xPos: ((cos, sin) for queries, scaled by zeta^(m/gamma); (cos, sin) for keys, scaled by zeta^(-m/gamma)),
         shaped as :meth:`cos_sin`'s."""
         if self.xpos_scale_base is None:
-            raise ValueError("this RotaryEmbedding has no xPos scaling (give xpos_scale_base)")
+            raise InvalidArgument("this RotaryEmbedding has no xPos scaling (give xpos_scale_base)")
         m, cos, sin = self._angles(seq_len, offset, position_ids, cu_seqlens, device, total_len)  # float64
         zeta = (torch.arange(0, self.rotary_dim, 2, device=m.device, dtype=cos.dtype) + 0.4 * self.rotary_dim) / (
             1.4 * self.rotary_dim)
@@ -369,8 +373,8 @@ class RotaryEmbedding(nn.Module):
         """(R_m q, R_m k). k may have fewer heads than q (grouped-query attention)."""
         seq = self._check(q, "q", cu_seqlens)
         if self._check(k, "k", cu_seqlens) != seq or q.shape[-1] != k.shape[-1]:
-            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in sequence length or head dim; "
-                             "rotate them one at a time with rope.rotate(x, ...)")
+            raise InvalidArgument(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in sequence length or head dim; "
+                                  "rotate them one at a time with rope.rotate(x, ...)")
         (qc, qs), (kc, ks) = self._tables(seq, offset, position_ids, cu_seqlens, q.device, total_len, q.dtype)
         return (_rotate(q, qc, qs, self.interleaved, inplace=inplace),
                 _rotate(k, kc, ks, self.interleaved, inplace=inplace))
@@ -394,25 +398,25 @@ class RotaryEmbedding(nn.Module):
         lead = 1 if positions["cu_seqlens"] is not None else 2  # (total,) or (batch, seq) before the packed axes
         name, shape = ("qkv" if parts == 3 else "kv"), ("total" if lead == 1 else "batch, seq")
         if self.xpos_scale_base is not None:
-            raise ValueError("xPos scales q and k differently: rotate them with rope(q, k), not packed")
+            raise InvalidArgument("xPos scales q and k differently: rotate them with rope(q, k), not packed")
         if num_heads_q is None:
             if packed.ndim != lead + 3 or packed.shape[lead] != parts:
-                raise ValueError(f"{name} must be shaped ({shape}, {parts}, heads, dim), got {tuple(packed.shape)}"
-                                 f"{'; for grouped-query attention give num_heads_q' if parts == 3 else ''}")
+                raise InvalidArgument(f"{name} must be shaped ({shape}, {parts}, heads, dim), got {tuple(packed.shape)}"
+                                      f"{'; for grouped-query attention give num_heads_q' if parts == 3 else ''}")
             rotated = (parts - 1) * packed.shape[lead + 1]  # the q and k heads (k alone for kv)
             merged = (*packed.shape[:lead], -1, packed.shape[-1])
             try:
                 flat = packed.view(merged)  # (..., parts * heads, dim)
             except RuntimeError:
                 if inplace:
-                    raise ValueError(f"inplace=True needs a {name} whose ({parts}, heads) axes are contiguous, got "
-                                     f"strides {packed.stride()}") from None
+                    raise InvalidArgument(f"inplace=True needs a {name} whose ({parts}, heads) axes are contiguous, "
+                                          f"got strides {packed.stride()}") from None
                 flat = packed.reshape(merged)
         else:
             heads_kv, rest = divmod(packed.shape[-2] - num_heads_q, 2)
             if packed.ndim != lead + 2 or rest or heads_kv <= 0 or num_heads_q <= 0:
-                raise ValueError(f"qkv with num_heads_q={num_heads_q} must be shaped ({shape}, heads_q + 2 * "
-                                 f"heads_kv, dim), got {tuple(packed.shape)}")
+                raise InvalidArgument(f"qkv with num_heads_q={num_heads_q} must be shaped ({shape}, heads_q + 2 * "
+                                      f"heads_kv, dim), got {tuple(packed.shape)}")
             flat, rotated = packed, num_heads_q + heads_kv
         self._check_dim(flat, name)
         _, cos, sin = self._angles(flat.shape[lead - 1], device=flat.device, dtype=flat.dtype, **positions)
@@ -434,20 +438,20 @@ class RotaryEmbedding(nn.Module):
 
     def _check_dim(self, x: Tensor, name: str) -> None:
         if x.shape[-1] < self.dim:
-            raise ValueError(f"rotary dim {self.dim} is larger than the head dim {x.shape[-1]} of {name} "
-                             f"{tuple(x.shape)}")
+            raise InvalidArgument(f"rotary dim {self.dim} is larger than the head dim {x.shape[-1]} of {name} "
+                                  f"{tuple(x.shape)}")
 
     def _check(self, x: Tensor, name: str, cu_seqlens) -> int:
         """The sequence length of x, after checking its layout."""
         if cu_seqlens is not None:
             if x.ndim != 3:
-                raise ValueError(f"with cu_seqlens, {name} must be (total_tokens, heads, head_dim), got "
-                                 f"{tuple(x.shape)}")
+                raise InvalidArgument(f"with cu_seqlens, {name} must be (total_tokens, heads, head_dim), got "
+                                      f"{tuple(x.shape)}")
             seq = x.shape[0]
         else:
             layout = "(batch, heads, seq, head_dim)" if self.seq_dim == -2 else "(batch, seq, heads, head_dim)"
             if x.ndim < -self.seq_dim:
-                raise ValueError(f"{name} must be shaped {layout}, got {tuple(x.shape)}")
+                raise InvalidArgument(f"{name} must be shaped {layout}, got {tuple(x.shape)}")
             seq = x.shape[self.seq_dim]
         self._check_dim(x, name)
         return seq
@@ -466,13 +470,13 @@ def permute_rotary_layout(
     (``to="half"``), head by head. Apply it to both W_q and W_k: the rotated pairs then line up and every
     attention score q . k is unchanged (a dot product does not see a common permutation)."""
     if to not in ("half", "interleaved"):
-        raise ValueError(f"to must be 'half' or 'interleaved', got {to!r}")
+        raise InvalidArgument(f"to must be 'half' or 'interleaved', got {to!r}")
     if weight.shape[0] % num_heads:
-        raise ValueError(f"{weight.shape[0]} output features do not split into {num_heads} heads")
+        raise InvalidArgument(f"{weight.shape[0]} output features do not split into {num_heads} heads")
     head_dim = weight.shape[0] // num_heads
     rot = head_dim if rotary_dim is None else rotary_dim
     if rot % 2 or rot > head_dim:
-        raise ValueError(f"rotary dim {rot} must be even and at most the head dim {head_dim}")
+        raise InvalidArgument(f"rotary dim {rot} must be even and at most the head dim {head_dim}")
     interleaved_to_half = torch.cat((torch.arange(0, rot, 2), torch.arange(1, rot, 2)))
     perm = interleaved_to_half if to == "half" else torch.argsort(interleaved_to_half)
     perm = torch.cat((perm, torch.arange(rot, head_dim))).to(weight.device)

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .errors import InvalidArgument
 from .rope import _for_layout, _rotate, angle_dtype, rotary_frequencies
 
 __all__ = ["MultimodalRotaryEmbedding", "mrope_position_ids", "AxialRotaryEmbedding", "MixedRotaryEmbedding",
@@ -55,12 +56,12 @@ class MultimodalRotaryEmbedding(nn.Module):
         theta = rotary_frequencies(dim, base)
         sections = tuple(int(s) for s in mrope_section)
         if len(sections) != 3 or any(s < 0 for s in sections) or sum(sections) != dim // 2:
-            raise ValueError(f"mrope_section must be three counts of frequency pairs (t, h, w) adding up to "
-                             f"dim/2 = {dim // 2}, got {tuple(mrope_section)}")
+            raise InvalidArgument(f"mrope_section must be three counts of frequency pairs (t, h, w) adding up to "
+                                  f"dim/2 = {dim // 2}, got {tuple(mrope_section)}")
         if mrope_interleaved and (3 * sections[1] > dim // 2 + 1 or 3 * sections[2] > dim // 2 + 2):
-            raise ValueError(f"interleaved sections {sections} do not fit in {dim // 2} pairs")
+            raise InvalidArgument(f"interleaved sections {sections} do not fit in {dim // 2} pairs")
         if seq_dim not in (-2, -3):
-            raise ValueError(f"seq_dim must be -2 or -3, got {seq_dim}")
+            raise InvalidArgument(f"seq_dim must be -2 or -3, got {seq_dim}")
         self.dim, self.base, self.sections, self.seq_dim = dim, float(base), sections, seq_dim
         self.interleaved, self.mrope_interleaved = interleaved, mrope_interleaved
         if mrope_interleaved:  # Qwen3-VL: h on pairs 1, 4, 7, .. < 3 s_h; w on 2, 5, 8, .. < 3 s_w; t elsewhere
@@ -79,8 +80,8 @@ class MultimodalRotaryEmbedding(nn.Module):
         """cos/sin ``(batch, 1, seq, dim/2)`` (``(batch, seq, 1, dim/2)`` with ``seq_dim=-3``) for ``(3, batch, seq)``
         position ids."""
         if position_ids.ndim != 3 or position_ids.shape[0] != 3 or position_ids.is_floating_point():
-            raise ValueError(f"M-RoPE position_ids must be an integer (3, batch, seq) tensor of (t, h, w) positions, "
-                             f"got {position_ids.dtype} {tuple(position_ids.shape)}")
+            raise InvalidArgument(f"M-RoPE position_ids must be an integer (3, batch, seq) tensor of (t, h, w) "
+                                  f"positions, got {position_ids.dtype} {tuple(position_ids.shape)}")
         device = position_ids.device
         dtype = angle_dtype(device)
         axis = self._axis.to(device)
@@ -102,7 +103,7 @@ def mrope_position_ids(token_types: Tensor, grids: Tensor, spatial_merge_size: i
     are at (s + t, s + y, s + x) over its ``T x H/m x W/m`` cells, s being the next free position; after it, text
     resumes at s + max(H, W) / m. Padding (``attention_mask`` 0) gets position 0."""
     if token_types.ndim != 2:
-        raise ValueError(f"token_types must be (batch, seq), got {tuple(token_types.shape)}")
+        raise InvalidArgument(f"token_types must be (batch, seq), got {tuple(token_types.shape)}")
     out = torch.zeros(3, *token_types.shape, dtype=torch.long, device=token_types.device)
     grid_rows = iter(grids.tolist() if grids is not None else [])
     for b in range(token_types.shape[0]):
@@ -122,8 +123,8 @@ def mrope_position_ids(token_types: Tensor, grids: Tensor, spatial_merge_size: i
                 grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
                 columns.append(grid.reshape(3, -1) + start)
                 if grid.shape[1] * h * w != j - i:
-                    raise ValueError(f"an image of {j - i} tokens does not match its grid {(t, h, w)} "
-                                     f"(after a spatial merge of {spatial_merge_size})")
+                    raise InvalidArgument(f"an image of {j - i} tokens does not match its grid {(t, h, w)} "
+                                          f"(after a spatial merge of {spatial_merge_size})")
                 start += max(h, w)
             i = j
         out[:, b, keep] = torch.cat(columns, dim=1).to(out.device) if columns else out[:, b, keep]
@@ -140,7 +141,7 @@ def patch_positions(height: int, width: int, cls_token: str | None = None, devic
     CLS token (``"first"`` or ``"last"`` in the sequence), patches count from 1 and the CLS token sits at (0, 0),
     unrotated, as in torchtune's VisionRotaryPositionalEmbeddings."""
     if cls_token not in (None, "first", "last"):
-        raise ValueError(f"cls_token must be None, 'first' or 'last', got {cls_token!r}")
+        raise InvalidArgument(f"cls_token must be None, 'first' or 'last', got {cls_token!r}")
     y, x = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
     xy = torch.stack((x.flatten(), y.flatten()), -1)
     if cls_token is None:
@@ -151,7 +152,7 @@ def patch_positions(height: int, width: int, cls_token: str | None = None, devic
 
 def _check_xy(positions: Tensor) -> Tensor:
     if positions.ndim not in (2, 3) or positions.shape[-1] != 2 or positions.is_complex():
-        raise ValueError(f"2-D positions must be (seq, 2) or (batch, seq, 2) (x, y), got {tuple(positions.shape)}")
+        raise InvalidArgument(f"2-D positions must be (seq, 2) or (batch, seq, 2) (x, y), got {tuple(positions.shape)}")
     return positions
 
 
@@ -163,9 +164,9 @@ class AxialRotaryEmbedding(nn.Module):
     def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True, seq_dim: int = -2):
         super().__init__()
         if dim % 4 or dim <= 0:
-            raise ValueError(f"axial 2-D RoPE needs a dim divisible by 4 (half the pairs per axis), got {dim}")
+            raise InvalidArgument(f"axial 2-D RoPE needs a dim divisible by 4 (half the pairs per axis), got {dim}")
         if seq_dim not in (-2, -3):
-            raise ValueError(f"seq_dim must be -2 or -3, got {seq_dim}")
+            raise InvalidArgument(f"seq_dim must be -2 or -3, got {seq_dim}")
         self.dim, self.base, self.interleaved, self.seq_dim = dim, float(base), interleaved, seq_dim
         self._theta = rotary_frequencies(dim // 2, base)
 
@@ -192,7 +193,7 @@ class MixedRotaryEmbedding(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         if dim % 4 or dim <= 0:
-            raise ValueError(f"RoPE-Mixed needs a dim divisible by 4, got {dim}")
+            raise InvalidArgument(f"RoPE-Mixed needs a dim divisible by 4, got {dim}")
         self.dim, self.num_heads, self.interleaved = dim, num_heads, interleaved
         magnitude = rotary_frequencies(dim // 2, base, dtype=torch.float32)  # (dim/4,)
         direction = torch.rand(num_heads, 1, generator=generator) * 2 * math.pi

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import InvalidArgument
+
 __all__ = ["ROPE_TYPES", "NO_CACHE", "default_frequencies", "normalize_rope_parameters", "rotary_dim",
            "check_base", "check_rotary_dim", "model_rope_base", "frequencies", "is_length_dependent"]
 
@@ -166,13 +168,13 @@ def _number(value) -> bool:
 def check_base(base) -> float:
     """The RoPE base as a float, or a ValueError: it must be a finite number > 0 (0, -1 or NaN give NaN angles)."""
     if not (_number(base) and base > 0):
-        raise ValueError(f"the RoPE base (rope_theta) must be a finite number > 0, got {base!r}")
+        raise InvalidArgument(f"the RoPE base (rope_theta) must be a finite number > 0, got {base!r}")
     return float(base)
 
 
 def check_rotary_dim(dim) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
-        raise ValueError(f"rotary dim must be a positive even integer, got {dim!r}")
+        raise InvalidArgument(f"rotary dim must be a positive even integer, got {dim!r}")
     return dim
 
 
@@ -185,12 +187,12 @@ def normalize_rope_parameters(parameters: dict | None, dim: int, max_position_em
     rope_type = p.pop("rope_type", p.pop("type", "default"))
     p.pop("type", None)
     if rope_type not in ROPE_TYPES:
-        raise ValueError(f"unknown rope_type {rope_type!r}; use one of {', '.join(ROPE_TYPES)}")
+        raise InvalidArgument(f"unknown rope_type {rope_type!r}; use one of {', '.join(ROPE_TYPES)}")
     spec = ROPE_TYPES[rope_type]
     unknown = set(p) - set(spec.required) - set(spec.optional) - set(_COMMON)
     if unknown:
-        raise ValueError(f"rope_type {rope_type!r} takes no {', '.join(sorted(unknown))}; its keys: "
-                         f"{', '.join(spec.required + spec.optional + _COMMON[1:])}")
+        raise InvalidArgument(f"rope_type {rope_type!r} takes no {', '.join(sorted(unknown))}; its keys: "
+                              f"{', '.join(spec.required + spec.optional + _COMMON[1:])}")
     if "original_max_position_embeddings" in spec.required and "original_max_position_embeddings" not in p:
         if max_position_embeddings is not None:
             p["original_max_position_embeddings"] = max_position_embeddings
@@ -201,20 +203,20 @@ def normalize_rope_parameters(parameters: dict | None, dim: int, max_position_em
         if p.get(key) is None:
             hint = " (or the model's max_position_embeddings to derive it)" if "max_position" in key or (
                 key == "factor" and rope_type in ("yarn", "longrope")) else ""
-            raise ValueError(f"rope_type {rope_type!r} needs {key!r} in its parameters{hint}")
+            raise InvalidArgument(f"rope_type {rope_type!r} needs {key!r} in its parameters{hint}")
     for key in _POSITIVE:
         if p.get(key) is not None and not (_number(p[key]) and p[key] > 0):
-            raise ValueError(f"rope_type {rope_type!r}: {key} must be a finite number > 0, got {p[key]!r}")
+            raise InvalidArgument(f"rope_type {rope_type!r}: {key} must be a finite number > 0, got {p[key]!r}")
     fraction = p.get("partial_rotary_factor", 1.0)
     if not (_number(fraction) and 0 < fraction <= 1):
-        raise ValueError(f"partial_rotary_factor must be a number in (0, 1], got {fraction!r}")
+        raise InvalidArgument(f"partial_rotary_factor must be a number in (0, 1], got {fraction!r}")
     rotated = rotary_dim({**p, "rope_type": rope_type}, dim)
     if rotated < 2 or rotated % 2:
-        raise ValueError(f"partial_rotary_factor {fraction} of head dim {dim} rotates {rotated} features: the "
-                         "rotary dim must be even and at least 2")
+        raise InvalidArgument(f"partial_rotary_factor {fraction} of head dim {dim} rotates {rotated} features: the "
+                              "rotary dim must be even and at least 2")
     if rope_type == "llama3" and p["high_freq_factor"] < p["low_freq_factor"]:
-        raise ValueError(f"rope_type 'llama3': high_freq_factor ({p['high_freq_factor']}) must be at least "
-                         f"low_freq_factor ({p['low_freq_factor']})")
+        raise InvalidArgument(f"rope_type 'llama3': high_freq_factor ({p['high_freq_factor']}) must be at least "
+                              f"low_freq_factor ({p['low_freq_factor']})")
     if rope_type == "yarn" and max_position_embeddings is not None:
         implicit = max_position_embeddings / p["original_max_position_embeddings"]
         if implicit not in (1, p["factor"]):
@@ -225,8 +227,8 @@ def normalize_rope_parameters(parameters: dict | None, dim: int, max_position_em
             values = p[key]
             if not (isinstance(values, list | tuple) and len(values) == rotated // 2
                     and all(_number(v) and v > 0 for v in values)):
-                raise ValueError(f"rope_type 'longrope': {key} must hold {rotated // 2} finite numbers > 0 (one per "
-                                 f"frequency of rotary dim {rotated}), got {values!r}")
+                raise InvalidArgument(f"rope_type 'longrope': {key} must hold {rotated // 2} finite numbers > 0 (one "
+                                      f"per frequency of rotary dim {rotated}), got {values!r}")
     return {"rope_type": rope_type, **p}
 
 
@@ -259,12 +261,12 @@ def model_rope_base(rope_theta, rope_parameters: dict | None, position: str, hea
     if not rope_parameters:
         return rope_theta
     if not isinstance(rope_parameters, dict):
-        raise ValueError(f"rope_parameters must be a dict like {{'rope_type': 'linear', 'factor': 2.0}}, got "
-                         f"{rope_parameters!r}")
+        raise InvalidArgument(f"rope_parameters must be a dict like {{'rope_type': 'linear', 'factor': 2.0}}, got "
+                              f"{rope_parameters!r}")
     if position != "rope":
-        raise ValueError(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {position!r}")
+        raise InvalidArgument(f"rope_parameters (RoPE scaling) apply to position='rope' only, not {position!r}")
     p = normalize_rope_parameters(rope_parameters, head_dim, max_position_embeddings)
     theta = p.get("rope_theta")
     if theta is not None and rope_theta not in (10000.0, theta):
-        raise ValueError(f"rope_theta {rope_theta} and rope_parameters' rope_theta {theta} disagree; give one")
+        raise InvalidArgument(f"rope_theta {rope_theta} and rope_parameters' rope_theta {theta} disagree; give one")
     return float(theta if theta is not None else rope_theta)

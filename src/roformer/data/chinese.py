@@ -17,6 +17,7 @@ import re
 import zlib
 from pathlib import Path
 
+from ..errors import InvalidArgument
 from .registry import resolve
 
 __all__ = ["load_chinese_documents", "load_scm", "load_thucnews"]
@@ -116,7 +117,7 @@ def _scm_rows(path: str) -> tuple[tuple[str, str, str], ...]:
             continue
         r = json.loads(line)
         if not all(isinstance(r.get(k), str) and r[k].strip() for k in "ABC"):
-            raise ValueError(f"{path}: line {i + 1} lacks one of the texts A, B, C")
+            raise InvalidArgument(f"{path}: line {i + 1} lacks one of the texts A, B, C")
         rows.append((r["A"], r["B"], r["C"]))
     return tuple(rows)
 
@@ -150,7 +151,7 @@ def load_thucnews(mirror: str | Path | None = None) -> dict[str, list[tuple[str,
     for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
         label, tab, article = line.partition("\t")
         if not tab or not label.strip() or not article.strip():
-            raise ValueError(f"{path}: line {i + 1} is not 'label<TAB>article'")
+            raise InvalidArgument(f"{path}: line {i + 1} is not 'label<TAB>article'")
         bucket = zlib.crc32(article.encode()) % 10
         splits["test" if bucket == 0 else "validation" if bucket == 1 else "train"].append((label, article.strip()))
     return splits

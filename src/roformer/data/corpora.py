@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidArgument
 from .registry import get, resolve
 
 __all__ = ["load_bytes_corpus", "byte_tensor", "load_articles"]
@@ -31,7 +32,7 @@ def load_bytes_corpus(name: str, mirror: str | Path | None = None) -> dict[str, 
         return _split_by_fraction(data, (0.90, 0.05, 0.05), ("train", "validation", "test"))
     if name == "tinyshakespeare":
         return _split_by_fraction(data, (0.9, 0.1), ("train", "validation"))
-    raise ValueError(f"{name!r} is not a byte-level corpus; use enwik8 or tinyshakespeare")
+    raise InvalidArgument(f"{name!r} is not a byte-level corpus; use enwik8 or tinyshakespeare")
 
 
 def byte_tensor(data: bytes) -> torch.Tensor:
@@ -48,7 +49,7 @@ def load_articles(name: str = "enwiki", mirror: str | Path | None = None, limit:
     == 1 test, else train. Each article is its text with the title line removed and blank lines dropped.
     ``limit`` keeps the first ``limit`` training articles and ``limit // 10`` of the others (smoke runs)."""
     if name != "enwiki":
-        raise ValueError(f"{name!r} is not an article corpus; use enwiki")
+        raise InvalidArgument(f"{name!r} is not an article corpus; use enwiki")
     paths = resolve(name, mirror)
     splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for f in get(name).files:

@@ -10,6 +10,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidArgument
 from .registry import get, resolve
 
 __all__ = ["Example", "TaskData", "TASKS", "load_task"]
@@ -95,7 +96,7 @@ def _read(path: Path, spec: TaskSpec, malformed: dict[str, int]) -> list[Example
 def load_task(name: str, mirror: str | Path | None = None) -> TaskData:
     """A GLUE task's splits; raises ``DataUnavailable`` (naming what is missing) when its files are absent."""
     if name not in TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; known: {', '.join(TASKS)}")
+        raise InvalidArgument(f"unknown GLUE task {name!r}; known: {', '.join(TASKS)}")
     spec = TASKS[name]
     paths = {Path(p).name: Path(v) for p, v in resolve(spec.dataset, mirror).items()}
     malformed: dict[str, int] = {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InvalidArgument
+
 __all__ = ["pack_documents", "mask_tokens"]
 
 
@@ -14,7 +16,7 @@ def pack_documents(documents: list[list[int]], max_len: int, cls_id: int, sep_id
     """Greedily fill sequences ``[CLS] tokens... [SEP]`` of at most ``max_len`` tokens with consecutive
     documents (each followed by [SEP]); a document longer than a sequence is cut into sequence-sized pieces."""
     if max_len < 3:
-        raise ValueError(f"max_len must leave room for [CLS], a token and [SEP]; got {max_len}")
+        raise InvalidArgument(f"max_len must leave room for [CLS], a token and [SEP]; got {max_len}")
     room = max_len - 1  # after [CLS]
     sequences, current = [], [cls_id]
     for doc in documents:

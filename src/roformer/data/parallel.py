@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InvalidArgument
 from .registry import resolve
 
 __all__ = ["load_parallel", "token_batches"]
@@ -22,17 +23,17 @@ def load_parallel(name: str, mirror: str | Path | None = None, src: str = "en", 
                   ) -> dict[str, list[tuple[str, str]]]:
     """Splits of (source, target) sentence pairs."""
     if name not in SPLITS:
-        raise ValueError(f"{name!r} is not a parallel corpus; use one of {', '.join(SPLITS)}")
+        raise InvalidArgument(f"{name!r} is not a parallel corpus; use one of {', '.join(SPLITS)}")
     paths = {Path(p).name: Path(v) for p, v in resolve(name, mirror).items()}
     out = {}
     for split, stem in SPLITS[name].items():
         sides = []
         for lang in (src, tgt):
             if f"{stem}.{lang}" not in paths:
-                raise ValueError(f"{name} has no {lang} side for {split} ({stem}.{lang})")
+                raise InvalidArgument(f"{name} has no {lang} side for {split} ({stem}.{lang})")
             sides.append(paths[f"{stem}.{lang}"].read_text(encoding="utf-8").rstrip("\n").split("\n"))
         if len(sides[0]) != len(sides[1]):
-            raise ValueError(f"{name} {split}: {len(sides[0])} {src} lines but {len(sides[1])} {tgt} lines")
+            raise InvalidArgument(f"{name} {split}: {len(sides[0])} {src} lines but {len(sides[1])} {tgt} lines")
         out[split] = [(s.strip(), t.strip()) for s, t in zip(*sides, strict=True)]
     return out
 

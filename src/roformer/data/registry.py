@@ -31,6 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidArgument, MissingFile, UnknownName
 from ..io import cache_root, sha256_file, umask_mode
 from .checksums import SHA256
 
@@ -39,7 +40,7 @@ __all__ = ["DataFile", "Dataset", "DataUnavailable", "REGISTRY", "get", "data_di
 ENV_DATA_DIR = "ROFORMER_DATA_DIR"
 
 
-class DataUnavailable(FileNotFoundError):
+class DataUnavailable(MissingFile):
     """A data set (or one of its files) is neither in the mirror nor downloadable here."""
 
 
@@ -247,7 +248,7 @@ def get(name: str) -> Dataset:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown data set {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        raise UnknownName(f"unknown data set {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
 def data_dir(explicit: str | Path | None = None) -> Path | None:
@@ -295,7 +296,7 @@ def _cut(download: Path, transform: str | None, out) -> None:
                 remaining -= len(f.read(min(remaining, 1 << 20)))
             out.write(f.read(int(length)))
     else:
-        raise ValueError(f"unknown transform {transform!r}")
+        raise InvalidArgument(f"unknown transform {transform!r}")
 
 
 def _download(dataset: Dataset, file: DataFile, target: Path) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from ..errors import InvalidArgument, MissingFile
+
 __all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "ChineseTokenizer", "RoFormerTokenizer",
            "save_tokenizer", "load_tokenizer", "check_tokenizer"]
 
@@ -113,7 +115,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         tok.decoder = decoders.WordPiece()
         tok.post_processor = _bert_template(tok)
         return tok
-    raise FileNotFoundError(f"no tokenizer.json (or vocab.txt) in {directory}: save the tokenizer beside the model")
+    raise MissingFile(f"no tokenizer.json (or vocab.txt) in {directory}: save the tokenizer beside the model")
 
 
 def check_tokenizer(tok: Tokenizer, vocab_size: int, pad_token_id: int | None, where: str | Path,
@@ -121,14 +123,14 @@ def check_tokenizer(tok: Tokenizer, vocab_size: int, pad_token_id: int | None, w
     """Raise a clear error when a tokenizer cannot drive a model: ids beyond the model's embedding table, a
     different padding id, or a special token the task needs that the vocabulary lacks."""
     if tok.get_vocab_size() > vocab_size:
-        raise ValueError(f"{where}: the tokenizer has {tok.get_vocab_size()} tokens but the model's vocabulary only "
-                         f"{vocab_size}; they do not belong together")
+        raise InvalidArgument(f"{where}: the tokenizer has {tok.get_vocab_size()} tokens but the model's vocabulary "
+                              f"only {vocab_size}; they do not belong together")
     pad = tok.token_to_id("[PAD]")
     if pad is not None and pad_token_id is not None and pad != pad_token_id:
-        raise ValueError(f"{where}: the tokenizer pads with id {pad} but the model with {pad_token_id}")
+        raise InvalidArgument(f"{where}: the tokenizer pads with id {pad} but the model with {pad_token_id}")
     missing = [t for t in required if tok.token_to_id(t) is None]
     if missing:
-        raise ValueError(f"{where}: the tokenizer has no {', '.join(missing)}")
+        raise InvalidArgument(f"{where}: the tokenizer has no {', '.join(missing)}")
 
 
 class EncodedIds:
@@ -189,7 +191,7 @@ class RoFormerTokenizer(_Vocabulary):
         self.ids = {t: i for i, t in enumerate(vocab)}
         missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in self.ids]
         if missing:
-            raise ValueError(f"the vocabulary has no {', '.join(missing)}")
+            raise InvalidArgument(f"the vocabulary has no {', '.join(missing)}")
         self._pieces = _bert_word_pieces(self.ids, lowercase)
         self._specials = re.compile("(" + "|".join(re.escape(t) for t in BERT_SPECIALS if t in self.ids) + ")")
 
@@ -266,7 +268,7 @@ class ChineseTokenizer(_Vocabulary):
 
     def __init__(self, vocab: list[str], word_level: bool = True):
         if vocab[: len(BERT_SPECIALS)] != BERT_SPECIALS:
-            raise ValueError(f"the vocabulary must start with {BERT_SPECIALS}")
+            raise InvalidArgument(f"the vocabulary must start with {BERT_SPECIALS}")
         self.vocab, self.word_level = vocab, word_level
         self.ids = {t: i for i, t in enumerate(vocab)}
         self.unk = self.ids["[UNK]"]
@@ -289,7 +291,7 @@ class ChineseTokenizer(_Vocabulary):
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[EncodedIds]:
         if add_special_tokens:
-            raise ValueError("ChineseTokenizer adds no special tokens itself; the recipes place [CLS] / [SEP]")
+            raise InvalidArgument("ChineseTokenizer adds no special tokens itself; the recipes place [CLS] / [SEP]")
         return [EncodedIds(self.encode_ids(t)) for t in texts]
 
     def decode(self, ids: list[int]) -> str:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..data.chinese import load_chinese_documents, load_scm, load_thucnews
 from ..data.padding import right_pad
 from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
+from ..errors import InvalidArgument
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, mean_std, plot_curves
 from ..train import TrainConfig, Trainer, check_same_run, is_main_process, preset_train_config
@@ -84,7 +85,7 @@ def pair_ids(a: list[int], b: list[int], max_len: int, cls: int, sep: int) -> tu
     until the pair fits ``max_len``)."""
     room = max_len - 3
     if room < 2:
-        raise ValueError(f"max_len {max_len} leaves no room for two texts")
+        raise InvalidArgument(f"max_len {max_len} leaves no room for two texts")
     la, lb = len(a), len(b)
     while la + lb > room:
         if la >= lb:
@@ -165,7 +166,7 @@ def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
     from scipy.stats import binomtest
 
     if len(a) != len(b):
-        raise ValueError(f"paired predictions differ in number: {len(a)} vs {len(b)}")
+        raise InvalidArgument(f"paired predictions differ in number: {len(a)} vs {len(b)}")
     only_a = sum(x > y for x, y in zip(a, b, strict=True))
     only_b = sum(y > x for x, y in zip(a, b, strict=True))
     return only_a, only_b, binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..errors import InvalidArgument
 from ..rope import relative_upper_bound
 
 
@@ -20,7 +21,7 @@ def run(dim: int = 128, max_distance: int = 256, base: float = 10000.0, out: str
     import matplotlib.pyplot as plt
 
     if max_distance < 1:
-        raise ValueError(f"max distance must be at least 1, got {max_distance}")
+        raise InvalidArgument(f"max distance must be at least 1, got {max_distance}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bound = relative_upper_bound(dim, max_distance, base).tolist()

@@ -29,6 +29,7 @@ from ..data.glue import TASKS, Example, TaskData, load_task
 from ..data.padding import right_pad
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
+from ..errors import InvalidArgument, MissingFile
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table, seed_rows
 from ..train import TrainConfig, Trainer, check_same_run, is_main_process
@@ -89,13 +90,13 @@ def check_labels(task: str, examples: list[Example], num_labels: int) -> None:
             ok = isinstance(e.label, int) and 0 <= e.label < num_labels
         if not ok:
             allowed = f"a score in {spec.score_range}" if spec.labels is None else f"a class id in 0..{num_labels - 1}"
-            raise ValueError(f"{task}: example {i} has label {e.label!r}; the task needs {allowed}")
+            raise InvalidArgument(f"{task}: example {i} has label {e.label!r}; the task needs {allowed}")
 
 
 def encode(tok, task: str, examples: list[Example], max_len: int, num_labels: int) -> Encoded:
     """Tokenize (text_a, text_b) pairs as ``[CLS] A [SEP] B [SEP]`` with longest-first truncation to ``max_len``."""
     if max_len < 4:
-        raise ValueError(f"max_len must leave room for [CLS] and two [SEP], got {max_len}")
+        raise InvalidArgument(f"max_len must leave room for [CLS] and two [SEP], got {max_len}")
     check_labels(task, examples, num_labels)
     tok.no_padding()
     tok.enable_truncation(max_length=max_len, strategy="longest_first")
@@ -154,7 +155,7 @@ def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, tr
     regression = TASKS[task].labels is None
     steps_per_epoch = len(train) // p["batch_size"]
     if steps_per_epoch < 1:
-        raise ValueError(f"{task}: {len(train)} training examples are fewer than one batch of {p['batch_size']}")
+        raise InvalidArgument(f"{task}: {len(train)} training examples are fewer than one batch of {p['batch_size']}")
     total = max_steps or p["epochs"] * steps_per_epoch
     config = TrainConfig(max_steps=total, lr=lr, schedule="linear", warmup_steps=max(1, total // 10), min_lr_ratio=0.0,
                          weight_decay=0.01, clip_grad_norm=1.0, eval_every=steps_per_epoch,
@@ -164,8 +165,8 @@ def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, tr
     done = run_dir / "result.json"
     if resume and done.is_file():  # a finished fine-tune is reused only by the same run, from the same encoder
         if not (run_dir / "run.json").is_file():
-            raise ValueError(f"cannot resume {run_dir}: it records no settings to check (run.json; made by an older "
-                             "version). Run without --resume")
+            raise InvalidArgument(f"cannot resume {run_dir}: it records no settings to check (run.json; made by an "
+                                  "older version). Run without --resume")
         check_same_run(run_dir, dataclasses.asdict(config), identity)
         return json.loads(done.read_text())
     torch.manual_seed(seed)  # the fresh classifier head
@@ -202,7 +203,7 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     """Fine-tune ``model_dir`` on ``task`` for every learning rate x seed; keep the best run's model in
     ``out/model`` and return the grid and the best learning rate's mean +- std of the task metric."""
     if task not in TASKS:
-        raise ValueError(f"unknown GLUE task {task!r}; known: {', '.join(TASKS)}")
+        raise InvalidArgument(f"unknown GLUE task {task!r}; known: {', '.join(TASKS)}")
     p = choose_preset(PRESETS, preset)
     lrs, seeds = tuple(lrs or p["lrs"]), seeds or p["seeds"]
     model_dir, out = Path(model_dir), Path(out)
@@ -286,7 +287,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
                   "RoFormer (ours)": models / "roformer" / "seed0" / "model"}
     for path in pretrained.values():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no pre-trained model in {path}: run `roformer experiment mlm --out {models}` "
+            raise MissingFile(f"no pre-trained model in {path}: run `roformer experiment mlm --out {models}` "
                                     "first (or pass --models)")
     results = {name: {task: finetune_task(path, task, preset, data_dir, out / name.split()[0].lower() / task,
                                           resume, device, dtype, max_steps)

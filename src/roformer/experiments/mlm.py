@@ -22,6 +22,7 @@ import torch
 
 from ..data.corpora import load_articles
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
+from ..errors import InvalidArgument, MissingFile
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import Trainer, is_main_process, preset_train_config
@@ -55,14 +56,14 @@ def _documents(corpus: str, data_dir, limit: int | None) -> dict[str, list[str]]
         return load_articles("enwiki", data_dir, limit)
     path = Path(corpus)
     if not path.is_file():
-        raise FileNotFoundError(f"corpus {corpus!r} is neither 'enwiki' nor a text file")
+        raise MissingFile(f"corpus {corpus!r} is neither 'enwiki' nor a text file")
     docs = [d.strip() for d in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if d.strip()]
     splits = {"train": [], "validation": []}
     for d in docs:
         splits["validation" if zlib.crc32(d.encode()) % 100 == 0 else "train"].append(d)
     if not splits["validation"] or not splits["train"]:
-        raise ValueError(f"{corpus}: {len(docs)} documents (blank-line separated) are too few to hold 1% out; "
-                         "give a larger corpus")
+        raise InvalidArgument(f"{corpus}: {len(docs)} documents (blank-line separated) are too few to hold 1% out; "
+                              "give a larger corpus")
     return {k: v[:limit] if limit else v for k, v in splits.items()}
 
 
@@ -182,7 +183,7 @@ def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tup
     ids = torch.tensor([enc.ids])
     positions = (ids[0] == mask_id).nonzero().flatten().tolist()
     if not positions:
-        raise ValueError(f"no [MASK] in {text!r}")
+        raise InvalidArgument(f"no [MASK] in {text!r}")
     with torch.no_grad():
         probs = model(ids).logits[0].softmax(-1)
     return [[(tok.id_to_token(i), probs[p, i].item()) for i in probs[p].topk(top_k).indices.tolist()]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache, attention_bias
+from ..errors import InvalidArgument
 from ..layers import TransformerBlock
 from ..linear_attention import LinearAttention
 from ..position import POSITIONS, build_position
@@ -51,15 +52,15 @@ class DecoderConfig:
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.position not in POSITIONS:
-            raise ValueError(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
+            raise InvalidArgument(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
         if self.attention not in ("softmax", "linear"):
-            raise ValueError(f"attention must be 'softmax' or 'linear', got {self.attention!r}")
+            raise InvalidArgument(f"attention must be 'softmax' or 'linear', got {self.attention!r}")
         if self.attention == "linear" and self.position in ("shaw", "t5", "alibi"):
-            raise ValueError(f"{self.position!r} adds to a score matrix that linear attention never forms")
+            raise InvalidArgument(f"{self.position!r} adds to a score matrix that linear attention never forms")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            raise InvalidArgument(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.rope_parameters and self.attention == "linear":
-            raise ValueError("rope_parameters (RoPE scaling) are not supported with linear attention")
+            raise InvalidArgument("rope_parameters (RoPE scaling) are not supported with linear attention")
         self.rope_theta = model_rope_base(self.rope_theta, self.rope_parameters, self.position,
                                           self.hidden_size // self.num_heads, self.max_positions)
 
@@ -105,11 +106,11 @@ class DecoderLM(nn.Module):
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, kv_cache: KVCache | None = None) -> ModelOutput:
         """``labels`` are the input ids (shifted inside): position t is scored on token t+1."""
         if input_ids.ndim != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)}")
+            raise InvalidArgument(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)}")
         if kv_cache is not None and self.config.attention != "softmax":
-            raise ValueError("linear attention keeps no KV cache; call without kv_cache")
+            raise InvalidArgument("linear attention keeps no KV cache; call without kv_cache")
         if kv_cache is not None and not self.position.allows_kv_cache:
-            raise ValueError(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
+            raise InvalidArgument(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         seq = input_ids.shape[1]
         offset = kv_cache.seq_len if kv_cache is not None else 0
         x = self.dropout(self.position.embed(self.embed(input_ids), offset))

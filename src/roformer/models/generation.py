@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attention import KVCache
+from ..errors import InvalidArgument
 
 
 @torch.no_grad()
@@ -19,11 +20,11 @@ def sample(model, input_ids: Tensor, max_new_tokens: int, num_layers: int, tempe
     step recomputes the whole prefix (for models without a KV cache, such as linear attention). ``on_token``,
     if given, is called with each new (batch, 1) token as soon as it is chosen (streaming)."""
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise InvalidArgument(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise InvalidArgument(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
+        raise InvalidArgument(f"top_k must be at least 1 (or None for no limit), got {top_k}")
     cache = KVCache(num_layers) if use_cache else None
     ids = input_ids
     logits = model(ids, kv_cache=cache).logits[:, -1] if use_cache else model(ids).logits[:, -1]
@@ -87,7 +88,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor | None = None, beam_siz
     With ``beam_size=1`` this is greedy search.
     """
     if beam_size < 1:
-        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        raise InvalidArgument(f"beam_size must be at least 1, got {beam_size}")
     c, k = model.config, beam_size
     batch = src_ids.shape[0]
     limits = _source_limits(src_ids, src_mask, max_extra_tokens)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..errors import InvalidArgument, MissingFile
 from ..io import atomic_write, read_safetensors
 from .roformer import RoFormerConfig, RoFormerModel
 
@@ -120,11 +121,11 @@ def from_hf_state_dict(state: dict[str, Tensor], bare: bool) -> dict[str, Tensor
         out[_rename(name, to_hf=False)] = tensor
     for (layer, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
-            raise ValueError(f"layer {layer} {kind}: checkpoint has only {sorted(parts)} of query/key/value")
+            raise InvalidArgument(f"layer {layer} {kind}: checkpoint has only {sorted(parts)} of query/key/value")
         for part, tensor in parts.items():  # checked here: torch.cat below would promote an int tensor silently
             if not tensor.is_floating_point():
-                raise ValueError(f"layer {layer} attention.self.{part}.{kind} is stored as {tensor.dtype} in the "
-                                 "checkpoint; a weight must be a floating-point tensor")
+                raise InvalidArgument(f"layer {layer} attention.self.{part}.{kind} is stored as {tensor.dtype} in the "
+                                      "checkpoint; a weight must be a floating-point tensor")
         out[f"roformer.layers.{layer}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in ("query", "key", "value")])
     if bare:
         out = {k.removeprefix("roformer."): v for k, v in out.items() if k.startswith("roformer.")}
@@ -145,7 +146,7 @@ def _read_weights(directory: Path) -> dict[str, Tensor]:
         return read_safetensors(st)
     if pt.is_file():
         return torch.load(pt, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors (or pytorch_model.bin) in {directory}")
+    raise MissingFile(f"no model.safetensors (or pytorch_model.bin) in {directory}")
 
 
 HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "tokenizer.json",
@@ -162,12 +163,12 @@ def resolve_model_dir(name_or_path: str | Path, revision: str | None = None, cac
         return path
     name = str(name_or_path)
     if path.exists() or name.count("/") > 1 or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{name}: not a model directory (and not a hub id of the form 'org/name')")
+        raise MissingFile(f"{name}: not a model directory (and not a hub id of the form 'org/name')")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HFValidationError
     except ImportError:
-        raise FileNotFoundError(f"{name} is not a local directory; to load it from the HuggingFace hub, install "
+        raise MissingFile(f"{name} is not a local directory; to load it from the HuggingFace hub, install "
                                 "huggingface_hub (pip install huggingface_hub)") from None
     # the hub client reads its environment once, at import; read HF_HUB_OFFLINE and HF_HUB_CACHE at each call
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
@@ -175,10 +176,10 @@ def resolve_model_dir(name_or_path: str | Path, revision: str | None = None, cac
         return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE"),
                                       local_files_only=offline, token=token, allow_patterns=HUB_FILES))
     except HFValidationError as e:
-        raise FileNotFoundError(f"{name}: not a local directory nor a valid hub id ({e})") from None
+        raise MissingFile(f"{name}: not a local directory nor a valid hub id ({e})") from None
     except Exception as e:  # offline and not cached, unknown repo or revision, no network: the hub client says which
         mode = " (offline: the cache only)" if offline else ""
-        raise FileNotFoundError(f"{name}: not a local directory, and the hub gave no copy{mode} "
+        raise MissingFile(f"{name}: not a local directory, and the hub gave no copy{mode} "
                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
@@ -188,7 +189,7 @@ def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, 
     config = RoFormerConfig.load(directory)
     for key, value in config_overrides.items():
         if not hasattr(config, key):
-            raise ValueError(f"RoFormerConfig has no field {key!r}")
+            raise InvalidArgument(f"RoFormerConfig has no field {key!r}")
         setattr(config, key, value)
     config.__post_init__()
     model = cls(config)
@@ -198,13 +199,13 @@ def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, 
         state.pop("lm_head.decoder.weight", None)
     for name, tensor in state.items():
         if name in expected and expected[name].shape != tensor.shape:
-            raise ValueError(
-                f"{directory}: {name} has shape {tuple(tensor.shape)} in the checkpoint but "
-                f"{tuple(expected[name].shape)} in a model built from its config.json"
-            )
+            raise InvalidArgument(
+                     f"{directory}: {name} has shape {tuple(tensor.shape)} in the checkpoint but "
+                     f"{tuple(expected[name].shape)} in a model built from its config.json"
+                 )
         if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
-            raise ValueError(f"{directory}: {name} is stored as {tensor.dtype} in the checkpoint; a weight must be a "
-                             "floating-point tensor (float32, float16, bfloat16 or float64)")
+            raise InvalidArgument(f"{directory}: {name} is stored as {tensor.dtype} in the checkpoint; a weight must "
+                                  "be a floating-point tensor (float32, float16, bfloat16 or float64)")
     # encoder weights the config has no place for (a layer dropped by num_hidden_layers, say) are an error: the
     # model would run without them; a head the class does not have (an MLM head under a classifier) is dropped,
     # with a warning, as in transformers
@@ -212,15 +213,16 @@ def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, 
     encoder = [k for k in unused if cls is RoFormerModel or k.startswith("roformer.")]
     if encoder:
         shown = ", ".join(encoder[:6]) + (f" and {len(encoder) - 6} more" if len(encoder) > 6 else "")
-        raise ValueError(f"{directory}: the checkpoint has encoder weights its config.json has no place for ({shown}): "
-                         "the config does not describe this checkpoint (check num_hidden_layers and the sizes)")
+        raise InvalidArgument(f"{directory}: the checkpoint has encoder weights its config.json has no place for "
+                              f"({shown}): the config does not describe this checkpoint (check num_hidden_layers and "
+                              "the sizes)")
     if unused:
         log.warning("%s: checkpoint weights not used by this head: %s", cls.__name__, ", ".join(unused))
     state = {k: v for k, v in state.items() if k in expected}
     missing, _ = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.decoder.weight" and config.tie_word_embeddings)]
     if any(k.startswith("roformer.") or cls is RoFormerModel for k in missing):
-        raise ValueError(f"{directory}: the checkpoint lacks encoder weights: {missing}")
+        raise InvalidArgument(f"{directory}: the checkpoint lacks encoder weights: {missing}")
     if missing:
         log.warning("%s: newly initialised (not in the checkpoint): %s", cls.__name__, ", ".join(missing))
     return model

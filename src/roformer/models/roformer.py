@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention import KVCache, attention_bias
+from ..errors import InvalidArgument, MissingFile, UnknownName
 from ..io import read_json
 from ..layers import TransformerBlock, activation
 from ..position import POSITIONS, build_position
@@ -72,20 +73,20 @@ class RoFormerConfig:
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
-                f"{self.num_attention_heads}"
-            )
+            raise InvalidArgument(
+                     f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                     f"{self.num_attention_heads}"
+                 )
         if self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head dim; hidden_size / num_attention_heads = {self.head_dim}")
+            raise InvalidArgument(f"RoPE needs an even head dim; hidden_size / num_attention_heads = {self.head_dim}")
         activation(self.hidden_act)
         if self.position not in POSITIONS:
-            raise ValueError(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
+            raise InvalidArgument(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
         self.rope_theta = model_rope_base(self.rope_theta, self.rope_parameters, self.position, self.head_dim,
                                           self.max_position_embeddings)
         if self.problem_type not in (None, "regression", "single_label_classification",
                                      "multi_label_classification"):
-            raise ValueError(f"unknown problem_type {self.problem_type!r}")
+            raise InvalidArgument(f"unknown problem_type {self.problem_type!r}")
 
     @property
     def head_dim(self) -> int:
@@ -111,9 +112,9 @@ class RoFormerConfig:
     def from_dict(cls, d: dict[str, Any]) -> RoFormerConfig:
         found = d.get("model_type", "roformer")
         if found != "roformer" and not (found.startswith("roformer-") and found.endswith("-positions")):
-            raise ValueError(f"not a RoFormer config: model_type is {d['model_type']!r}")
+            raise InvalidArgument(f"not a RoFormer config: model_type is {d['model_type']!r}")
         if d.get("add_cross_attention"):
-            raise ValueError("RoFormer with cross-attention (add_cross_attention=True) is not supported here")
+            raise InvalidArgument("RoFormer with cross-attention (add_cross_attention=True) is not supported here")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         if "id2label" in d and "num_labels" not in d:
@@ -131,13 +132,13 @@ class RoFormerConfig:
     def load(cls, directory: str | Path) -> RoFormerConfig:
         path = Path(directory) / "config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
+            raise MissingFile(f"no config.json in {directory}: not a saved model directory")
         config = read_json(path)
         found = config.get("model_type", "roformer")
         if found in ("roformer-decoder", "roformer-seq2seq"):
             kind = "DecoderLM" if found == "roformer-decoder" else "Seq2SeqTransformer"
-            raise ValueError(f"{directory} holds a {found!r} model: load it with {kind}.from_pretrained (the "
-                             "RoFormer encoder classes read HuggingFace RoFormer checkpoints)")
+            raise InvalidArgument(f"{directory} holds a {found!r} model: load it with {kind}.from_pretrained (the "
+                                  "RoFormer encoder classes read HuggingFace RoFormer checkpoints)")
         return cls.from_dict(config)
 
 
@@ -163,7 +164,7 @@ class ModelOutput:
     def __getitem__(self, key: int | str):
         if isinstance(key, str):
             if key not in self.keys():
-                raise KeyError(f"{key!r} is not set in this output; set: {', '.join(self.keys())}")
+                raise UnknownName(f"{key!r} is not set in this output; set: {', '.join(self.keys())}")
             return getattr(self, key)
         return self.to_tuple()[key]
 
@@ -258,7 +259,7 @@ class RoFormerPreTrainedModel(nn.Module):
         """Grow or shrink the vocabulary: existing rows are kept, new ones initialised as at construction; the
         output layer (tied or not) and its bias follow."""
         if new_num_tokens < 1:
-            raise ValueError(f"new_num_tokens must be at least 1, got {new_num_tokens}")
+            raise InvalidArgument(f"new_num_tokens must be at least 1, got {new_num_tokens}")
         old = self.get_input_embeddings()
         keep = min(old.num_embeddings, new_num_tokens)
         padding = old.padding_idx if old.padding_idx is not None and old.padding_idx < new_num_tokens else None
@@ -347,11 +348,11 @@ class RoFormerModel(RoFormerPreTrainedModel):
         ((seq,) or (batch, seq), RoPE only) defaults to 0..seq-1 after any cached tokens.
         """
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
+            raise InvalidArgument("give exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             if input_ids.ndim != 2 or input_ids.is_floating_point():
-                raise ValueError(f"input_ids must be a (batch, seq) integer tensor, got {input_ids.dtype} "
-                                 f"{tuple(input_ids.shape)}")
+                raise InvalidArgument(f"input_ids must be a (batch, seq) integer tensor, got {input_ids.dtype} "
+                                      f"{tuple(input_ids.shape)}")
             inputs_embeds = self.word_embeddings(input_ids)
         batch, seq = inputs_embeds.shape[:2]
         if token_type_ids is None:
@@ -359,10 +360,10 @@ class RoFormerModel(RoFormerPreTrainedModel):
         else:
             x = inputs_embeds + self.token_type_embeddings(token_type_ids)
         if kv_cache is not None and not self.position.allows_kv_cache:
-            raise ValueError(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
+            raise InvalidArgument(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         offset = kv_cache.seq_len if kv_cache is not None else 0
         if position_ids is not None and self.config.position != "rope":
-            raise ValueError(f"position_ids need position='rope'; {self.config.position!r} takes none")
+            raise InvalidArgument(f"position_ids need position='rope'; {self.config.position!r} takes none")
         x = self.position.embed(x, offset)  # absolute schemes, as in BERT
         x = self.dropout(self.embedding_norm(x))
         if self.embedding_project is not None:
@@ -555,7 +556,7 @@ class RoFormerForMultipleChoice(_WithEncoder):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kw) -> ModelOutput:
         if input_ids is None or input_ids.ndim != 3:
-            raise ValueError("multiple choice takes input_ids of shape (batch, num_choices, seq)")
+            raise InvalidArgument("multiple choice takes input_ids of shape (batch, num_choices, seq)")
         batch, choices, seq = input_ids.shape
         flat = [None if t is None else t.reshape(batch * choices, seq)
                 for t in (input_ids, attention_mask, token_type_ids)]

@@ -12,6 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ..errors import InvalidArgument, MissingFile
 from ..io import atomic_write, atomic_write_text, read_json
 
 __all__ = ["save_model_dir", "load_model_dir"]
@@ -31,11 +32,11 @@ def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
     directory = Path(directory)
     path = directory / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {directory}: not a saved model directory")
+        raise MissingFile(f"no config.json in {directory}: not a saved model directory")
     config = read_json(path)
     found = config.pop("model_type", None)
     if found != model_type:
-        raise ValueError(f"{directory} holds a {found!r} model, not a {cls.__name__} ({model_type!r})")
+        raise InvalidArgument(f"{directory} holds a {found!r} model, not a {cls.__name__} ({model_type!r})")
     model = cls(config_cls(**config))
     path = directory / "model.safetensors"
     try:  # safetensors' loader, which knows the tied weights save_model left out
@@ -44,11 +45,12 @@ def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
             for name in f.keys():
                 dtype = f.get_slice(name).get_dtype()
                 if floating.get(name) and dtype not in _FLOAT_DTYPES:
-                    raise ValueError(f"{path}: {name} is stored as {dtype}; a weight must be a floating-point tensor")
+                    raise InvalidArgument(f"{path}: {name} is stored as {dtype}; a weight must be a floating-point "
+                                          "tensor")
         load_model(model, str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated: save it "
-                         "again") from None
+        raise InvalidArgument(f"{path} is not a readable safetensors file ({e}); it may be truncated: save it "
+                              "again") from None
     except RuntimeError as e:
-        raise ValueError(f"{path} does not fit its config.json ({e})") from None
+        raise InvalidArgument(f"{path} does not fit its config.json ({e})") from None
     return model

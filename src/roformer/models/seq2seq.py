@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import KVCache, attention_bias
+from ..errors import InvalidArgument
 from ..layers import DecoderBlock, TransformerBlock
 from ..position import POSITIONS, SinusoidalAbsolute, build_position
 from ..train.losses import token_cross_entropy
@@ -52,12 +53,12 @@ class Seq2SeqConfig:
 
     def __post_init__(self):
         if self.position not in POSITIONS:
-            raise ValueError(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
+            raise InvalidArgument(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            raise InvalidArgument(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"{name} {getattr(self, name)} is outside the vocabulary of {self.vocab_size}")
+                raise InvalidArgument(f"{name} {getattr(self, name)} is outside the vocabulary of {self.vocab_size}")
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -107,9 +108,9 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Encoder output (batch, src_len, hidden). ``src_mask``: 1 for real tokens, 0 for padding."""
         if src_ids.ndim != 2 or src_ids.is_floating_point():
-            raise ValueError(f"src_ids must be a (batch, seq) integer tensor, got {tuple(src_ids.shape)}")
+            raise InvalidArgument(f"src_ids must be a (batch, seq) integer tensor, got {tuple(src_ids.shape)}")
         if src_ids.shape[1] == 0:
-            raise ValueError("src_ids is empty: a source needs at least one token (e.g. its end-of-sentence)")
+            raise InvalidArgument("src_ids is empty: a source needs at least one token (e.g. its end-of-sentence)")
         seq = src_ids.shape[1]
         x = self._embed(src_ids, self.encoder_position, 0)
         pos = self.encoder_position.attention(seq, seq, 0, x.device)

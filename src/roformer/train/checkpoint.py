@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
+from ..errors import InvalidArgument, RoformerError
 from ..io import sha256_file, umask_mode
 
 __all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "DiskFull", "save_checkpoint", "load_checkpoint",
@@ -36,15 +37,15 @@ _NAME = re.compile(r"^step-(\d{8})$")
 _DIGESTS = "sha256.json"  # the SHA-256 of each file of the checkpoint, written with them
 
 
-class CorruptCheckpoint(ValueError):
+class CorruptCheckpoint(RoformerError, ValueError):
     """A checkpoint directory that cannot be read back (truncated, or not ours)."""
 
 
-class UnsafeCheckpoint(ValueError):
+class UnsafeCheckpoint(RoformerError, ValueError):
     """A trainer state that holds objects other than tensors and plain data: loading it could run code."""
 
 
-class DiskFull(OSError):
+class DiskFull(RoformerError, OSError):
     """No room to write a checkpoint (ENOSPC): the earlier checkpoints are kept."""
 
     def __init__(self, path: Path, step: int):
@@ -173,17 +174,17 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except (OSError, RuntimeError, SafetensorError) as e:
         if "size mismatch" in str(e):
-            raise ValueError(f"checkpoint {path} was trained with another model shape: {e}") from None
+            raise InvalidArgument(f"checkpoint {path} was trained with another model shape: {e}") from None
         raise CorruptCheckpoint(f"checkpoint {path}: model.safetensors is unreadable ({e})") from None
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
+        raise InvalidArgument(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
     return state
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """The element-wise mean of the weights of several checkpoints (paper §4.1: the last 5)."""
     if not paths:
-        raise ValueError("no checkpoints to average")
+        raise InvalidArgument("no checkpoints to average")
     total, dtypes = None, {}
     for p in paths:
         weights = load_file(str(Path(p) / "model.safetensors"))
@@ -192,7 +193,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
             dtypes = {k: v.dtype for k, v in weights.items()}
         else:
             if weights.keys() != total.keys():
-                raise ValueError(f"{p} holds different parameters from {paths[0]}")
+                raise InvalidArgument(f"{p} holds different parameters from {paths[0]}")
             for k, v in weights.items():
                 total[k] += v.double()
     return {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import InvalidArgument
 from .losses import token_cross_entropy
 
 __all__ = ["step_generator", "window_batches", "next_token_loss", "stream_loss", "sliding_window_loss"]
@@ -24,9 +25,9 @@ def window_batches(data: Tensor, seq_len: int, batch_size: int, seed: int, grad_
     """``batch_fn(step, micro)`` drawing ``batch_size / grad_accum`` windows of ``seq_len + 1`` tokens from
     ``data`` with a generator seeded by (seed, step, micro): the step is the data position."""
     if len(data) <= seq_len + 1:
-        raise ValueError(f"training data of {len(data)} tokens is shorter than one window of {seq_len + 1}")
+        raise InvalidArgument(f"training data of {len(data)} tokens is shorter than one window of {seq_len + 1}")
     if batch_size % grad_accum:
-        raise ValueError(f"batch size {batch_size} does not split into {grad_accum} micro-batches")
+        raise InvalidArgument(f"batch size {batch_size} does not split into {grad_accum} micro-batches")
     rows = batch_size // grad_accum
 
     def batch_fn(step: int, micro: int) -> dict:
@@ -48,7 +49,7 @@ def stream_loss(model, data: Tensor, seq_len: int, batch_size: int = 16) -> floa
     """Mean next-token loss (nats) over non-overlapping windows of ``seq_len + 1`` tokens covering ``data``."""
     n_windows = (len(data) - 1) // seq_len
     if n_windows < 1:
-        raise ValueError(f"evaluation data of {len(data)} tokens is shorter than one window of {seq_len + 1}")
+        raise InvalidArgument(f"evaluation data of {len(data)} tokens is shorter than one window of {seq_len + 1}")
     windows = torch.stack([data[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)]).long()
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -67,9 +68,9 @@ def sliding_window_loss(model, data: Tensor, window: int, stride: int, batch_siz
     window scores only the tokens no earlier window scored, so every token 1 .. N-1 is scored once, with at
     least ``window - stride`` tokens of context (except near the start)."""
     if not 0 < stride <= window:
-        raise ValueError(f"stride must be in 1 .. window ({window}), got {stride}")
+        raise InvalidArgument(f"stride must be in 1 .. window ({window}), got {stride}")
     if len(data) < window + 1:
-        raise ValueError(f"evaluation data of {len(data)} tokens is shorter than one window of {window + 1}")
+        raise InvalidArgument(f"evaluation data of {len(data)} tokens is shorter than one window of {window + 1}")
     starts = list(range(0, len(data) - window, stride))
     if starts[-1] + window < len(data) - 1:
         starts.append(len(data) - 1 - window)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InvalidArgument
+
 __all__ = ["build_optimizer", "lr_multiplier", "SCHEDULES"]
 
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
@@ -31,7 +33,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
-    raise ValueError(f"unknown optimizer {name!r}; use adamw, adam or amos")
+    raise InvalidArgument(f"unknown optimizer {name!r}; use adamw, adam or amos")
 
 
 def lr_multiplier(schedule: str, step: int, warmup: int, total: int, peak_lr: float,
@@ -59,4 +61,4 @@ def lr_multiplier(schedule: str, step: int, warmup: int, total: int, peak_lr: fl
         return 1.0 - (1.0 - min_ratio) * progress
     if schedule == "cosine":
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    raise InvalidArgument(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import InvalidArgument, RoformerError
 from ..io import atomic_write_text, read_jsonl
 from .checkpoint import (
     CorruptCheckpoint,
@@ -52,7 +53,7 @@ __all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "check_same_run", "init_di
            "preset_train_config"]
 
 
-class NonFiniteLoss(ValueError):
+class NonFiniteLoss(RoformerError, ValueError):
     """The loss or the gradient norm of an update is not finite: the run stops before applying it."""
 
 
@@ -80,11 +81,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+            raise InvalidArgument(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+            raise InvalidArgument(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_steps < 1 or self.grad_accum < 1:
-            raise ValueError("max_steps and grad_accum must be at least 1")
+            raise InvalidArgument("max_steps and grad_accum must be at least 1")
 
 
 def preset_train_config(preset: dict, device: str = "cpu", dtype: str | None = None,
@@ -130,14 +131,14 @@ def check_same_run(run_dir: str | Path, config: dict, identity: dict) -> None:
         try:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"cannot resume: {path} is not valid JSON ({e})") from None
+            raise InvalidArgument(f"cannot resume: {path} is not valid JSON ({e})") from None
         current = json.loads(json.dumps(current))  # tuples as lists, as saved
         differ += [f"{k}: run has {saved.get(k)!r}, command has {current.get(k)!r}"
                    for k in sorted(set(saved) | set(current))
                    if k not in _RESUMABLE and saved.get(k) != current.get(k)]
     if differ:
-        raise ValueError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
-                         ". Run without --resume into another --out, or repeat the original command")
+        raise InvalidArgument(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
+                              ". Run without --resume into another --out, or repeat the original command")
 
 
 def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
@@ -150,9 +151,9 @@ def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol
         if isinstance(a, bool) or not isinstance(a, int | float):
             continue
         if b is None or abs(a - b) > rtol * max(abs(a), 1e-12):
-            raise ValueError(f"cannot resume {run_dir}: its weights were gone and it was trained again, ending with "
-                             f"{key} {b!r} where the run recorded {a!r}; what was built on its first weights would "
-                             "mix two models. Run without --resume into another --out")
+            raise InvalidArgument(f"cannot resume {run_dir}: its weights were gone and it was trained again, ending "
+                                  f"with {key} {b!r} where the run recorded {a!r}; what was built on its first "
+                                  "weights would mix two models. Run without --resume into another --out")
 
 
 class Trainer:
@@ -259,7 +260,7 @@ class Trainer:
             if isinstance(v, torch.Tensor):
                 if self.world > 1:
                     if v.shape[0] % self.world:
-                        raise ValueError(f"batch of {v.shape[0]} rows does not split over {self.world} processes")
+                        raise InvalidArgument(f"batch of {v.shape[0]} rows does not split over {self.world} processes")
                     v = v.chunk(self.world)[self.rank]
                 v = v.to(self.device, non_blocking=True)
             out[k] = v
@@ -309,8 +310,8 @@ class Trainer:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and list_checkpoints(self.checkpoint_dir):
-            raise ValueError(f"{self.run_dir} already holds a training run (checkpoints/): add --resume to continue "
-                             "it, or choose another --out; nothing was overwritten")
+            raise InvalidArgument(f"{self.run_dir} already holds a training run (checkpoints/): add --resume to "
+                                  "continue it, or choose another --out; nothing was overwritten")
         before = self.metrics_path.read_text() if recorded and self.metrics_path.exists() else None
         kept = set(list_checkpoints(self.checkpoint_dir)) if recorded else set()
         resumed = resume and self.resume()
