@@ -94,7 +94,8 @@ def test_finetune_grid_keeps_the_best_model(tmp_path, tok, capsys):
     err = capsys.readouterr().err
     assert "cannot resume" in err and "encoder: run has 'weights " in err and "Traceback" not in err
     # nor a finished fine-tune that records no settings (an older version's run)
-    (out / "stsb" / "lr0.0001_seed0" / "run.json").unlink()
+    for record in ("run.json", "lr0.0001_seed0/run.json", "lr0.0001_seed0/train_config.json"):
+        (out / "stsb" / record).unlink()
     with pytest.raises(ValueError, match="records no settings"):
         finetune_task(model, "stsb", "smoke", out=out / "stsb", resume=True, lrs=[1e-4, 1e-3], seeds=2)
 

@@ -232,7 +232,11 @@ def _add_common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--preset", default="small", choices=("smoke", "small", "paper"))
     p.add_argument("--data-dir", default=None, help="local data mirror (default: $ROFORMER_DATA_DIR)")
     p.add_argument("--out", default=out, type=_out_dir, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                     "(or reuse it when finished); it must have been started with the same settings and data")
+    how.add_argument("--overwrite", action="store_true", help="delete the run found in --out and start afresh "
+                     "(without --resume or --overwrite, a directory that holds a run is refused)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", type=_device)
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="autocast dtype")
     p.add_argument("--max-steps", type=POSITIVE_INT, default=None, help="override the preset's number of updates")
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("decay", help="RoPE's long-term decay bound (§3.4.3, Fig. 2): CSV + PNG")
     p.add_argument("--dim", type=_number(int, 2), default=128, help="rotary dimension d (even)")
-    p.add_argument("--max-distance", type=POSITIVE_INT, default=256)
+    p.add_argument("--max-distance", type=_number(int, 1, 1_000_000), default=256)
     p.add_argument("--base", type=_number(float, 1.0, low_open=True), default=10000.0, help="theta base, above 1")
     p.add_argument("--out", default="runs/decay", type=_out_dir, help="output directory")
     p.set_defaults(func=_decay)
@@ -356,12 +360,24 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _call(args) -> None:
+    """The verb, holding its run directory (``--out`` of a verb that trains) for the whole command: locked against a
+    second process, and with ``--overwrite`` the run found there is replaced."""
+    if getattr(args, "overwrite", None) is None:
+        return args.func(args)
+    from .train.run import RunDirectory
+
+    out = args.out or f"runs/{args.name}"
+    with RunDirectory(out, resume=args.resume, overwrite=args.overwrite):
+        args.func(args)
+
+
 def _run(args) -> int:
     if args.debug or os.environ.get(DEBUG_ENV):
-        args.func(args)
+        _call(args)
         return 0
     try:
-        args.func(args)
+        _call(args)
     except KeyboardInterrupt:
         print(f"\nroformer: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

@@ -36,6 +36,6 @@ class UnknownName(RoformerError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class RunConflict(RoformerError):
+class RunConflict(RoformerError, ValueError):
     """A run directory that cannot be used as asked: another process holds it, it holds another run, or writing
     would replace work (a trained model, a tokenizer) that the command was not told to replace."""

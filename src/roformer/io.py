@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .errors import InvalidArgument
 
-__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "sha256_file", "read_json", "read_jsonl",
-           "read_safetensors", "cache_root"]
+__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "sha256_file", "fingerprint", "read_json",
+           "read_jsonl", "read_safetensors", "cache_root"]
 
 ENV_CACHE = "ROFORMER_CACHE"
 
@@ -62,6 +62,16 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fingerprint(data) -> str:
+    """What a resume compares to know it has the same data: the size and CRC-32 of a tensor's bytes (``"N tokens,
+    crc32 X"``: a token stream) or of JSON-serialisable data (``"N items, crc32 X"``: documents, examples)."""
+    import zlib
+
+    if hasattr(data, "numpy"):  # a tensor: no torch import here
+        return f"{data.numel()} tokens, crc32 {zlib.crc32(data.cpu().numpy().tobytes()):08x}"
+    return f"{len(data)} items, crc32 {zlib.crc32(json.dumps(data, ensure_ascii=False).encode()):08x}"
 
 
 def read_json(path: str | Path):

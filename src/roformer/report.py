@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from .errors import InvalidArgument, MissingFile
-from .io import read_jsonl
+from .io import atomic_write, atomic_write_text, read_jsonl
 
 __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs",
            "mean_std", "paired_difference", "seed_rows", "plot_seed_bands", "plot_lines"]
@@ -47,7 +47,7 @@ def _save_plot(fig, ax, out_png: str | Path, title: str, ylabel: str, xlabel: st
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out_png
 
@@ -99,7 +99,7 @@ def write_run_report(run_dir: str | Path, title: str, command: str, notes: str =
     if "config" in summary:
         parts += ["## Configuration", "", "```json", json.dumps(summary["config"], indent=2), "```", ""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(parts))
+    atomic_write_text(out, "\n".join(parts))
     return out
 
 
@@ -118,7 +118,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         rows.append({"run": name, **final})
         columns += [k for k in final if k not in columns]
     text = "\n".join([f"# {title}", "", markdown_table(rows, columns), "", "![curves](curves.png)", ""])
-    (out_dir / "report.md").write_text(text)
+    atomic_write_text(out_dir / "report.md", text)
     return out_dir / "report.md"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from ..data.corpora import byte_tensor, load_bytes_corpus
 from ..data.tokenizer import byte_tokenizer, save_tokenizer
 from ..models import RoFormerConfig, RoFormerForCausalLM
 from ..report import write_run_report
-from ..train import TrainConfig, Trainer, is_main_process, preset_train_config
+from ..train import RunDirectory, TrainConfig, Trainer, is_main_process, preset_train_config
 from ..train.lm import next_token_loss, stream_loss, window_batches
 from . import choose_preset
 
@@ -86,7 +85,12 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
     c = build_config(preset, device, dtype, max_steps)
     if data:
         c = dataclasses.replace(c, data=data)
-    out = Path(out)
+    with RunDirectory(out, resume=resume) as owner:  # locked, and refused if it holds another run, before any work
+        owner.begin({"preset": preset, "data": c.data})
+        return _train(c, preset, data_dir, owner, resume, command)
+
+
+def _train(c: CharLMConfig, preset: str, data_dir, owner: RunDirectory, resume: bool, command: str) -> dict:
     corpus = load_bytes_corpus(c.data, data_dir)
     train, valid = byte_tensor(corpus["train"]), byte_tensor(corpus["validation"])[: c.eval_bytes + 1]
     torch.manual_seed(c.train.seed)
@@ -96,16 +100,19 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
         bpc = bits_per_character(net, valid, c.seq_len)
         return {"bpc": bpc, "loss": bpc * math.log(2)}
 
+    def save(path: Path) -> None:
+        model.save_pretrained(path)
+        save_tokenizer(byte_tokenizer(), path)
+
     started = time.perf_counter()
     batch_fn = window_batches(train, c.seq_len, c.batch_size, c.train.seed, c.train.grad_accum)
     identity = {"preset": preset, "data": c.data, "model": dataclasses.asdict(model_config(c))}
-    final = Trainer(model, c.train, out, batch_fn, next_token_loss, eval_fn, desc=f"{c.data} {preset}",
+    final = Trainer(model, c.train, owner.path, batch_fn, next_token_loss, eval_fn, desc=f"{c.data} {preset}",
                     identity=identity).fit(resume=resume)
     if not is_main_process():
         return final
     model.eval()
-    model.save_pretrained(out / "model")
-    save_tokenizer(byte_tokenizer(), out / "model")
+    owner.save_directory("model", save)
     sample = generate_text(model, c.sample_prompt, c.sample_bytes, seed=c.train.seed)
     summary = {
         "final": {"validation_bpc": final.get("bpc"), "steps": c.train.max_steps,
@@ -114,9 +121,10 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/enwik8", r
         "config": dataclasses.asdict(c),
         "sample": sample,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_run_report(out, f"Character-level RoFormer LM on {c.data} ({preset})", command or f"roformer train "
-                     f"--preset {preset}", notes=f"## Sample (temperature 0.8, top-k 40)\n\n```\n{sample}\n```")
+    owner.write_json("summary.json", summary)
+    write_run_report(owner.path, f"Character-level RoFormer LM on {c.data} ({preset})", command or
+                     f"roformer train --preset {preset}",
+                     notes=f"## Sample (temperature 0.8, top-k 40)\n\n```\n{sample}\n```")
     return summary
 
 

@@ -20,9 +20,9 @@ evaluated at 1024; it was pre-trained at 1024 (stage 3), so this is not extrapol
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
-import zlib
 from pathlib import Path
 
 import torch
@@ -32,11 +32,12 @@ from ..data.chinese import load_chinese_documents, load_scm, load_thucnews
 from ..data.padding import right_pad
 from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
 from ..errors import InvalidArgument
+from ..io import atomic_write_text, fingerprint
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, mean_std, plot_curves
-from ..train import TrainConfig, Trainer, check_same_run, is_main_process, preset_train_config
+from ..train import RunDirectory, TrainConfig, Trainer, is_main_process, preset_train_config
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
-from . import choose_preset
+from . import choose_preset, owns_run
 
 __all__ = ["PRESETS", "PAPER_TABLE4", "PAPER_TABLE5", "pair_ids", "mcnemar", "run"]
 
@@ -172,56 +173,50 @@ def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
     return only_a, only_b, binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
 
 
-def _fingerprint(items) -> str:
-    """How many items and a CRC-32 of their JSON: what a resume compares to know it has the same data."""
-    return f"{len(items)} items, crc32 {zlib.crc32(json.dumps(items, ensure_ascii=False).encode()):08x}"
-
-
 def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dict, out: Path, device, dtype,
               resume: bool) -> tuple[Path, list[dict]]:
     """Multi-stage MLM: stage i starts from stage i-1's saved model. Returns the last model dir and per-stage
     results."""
     results, previous, ids = [], None, None
-    data = {"corpus": _fingerprint(docs["train"]), "tokenizer": _fingerprint(list(tok.vocab))}
+    data = {"corpus": fingerprint(docs["train"]), "tokenizer": fingerprint(list(tok.vocab))}
     for i, (max_len, batch_size, steps) in enumerate(stages, start=1):
         stage_dir = out / name / f"stage{i}"
         train_config = preset_train_config({**p["pretrain"], "max_steps": steps, "eval_every": 0}, device, dtype,
                                            save_every=max(1, steps // 4), keep_last=1)
         identity = {"model": config.to_dict(), "stage": i, "max_len": max_len, "batch_size": batch_size, **data}
-        done = stage_dir / "summary.json"
-        recorded = json.loads(done.read_text()) if resume and done.is_file() else None
-        if recorded:
-            check_same_run(stage_dir, dataclasses.asdict(train_config), identity)  # a finished stage of this run
-            if (stage_dir / "model" / "config.json").is_file():
-                results.append(recorded)
-                previous = stage_dir / "model"
+        with RunDirectory(stage_dir, resume=resume) as owner:
+            owner.begin(identity, dataclasses.asdict(train_config))
+            recorded = owner.result("summary.json")  # a finished stage of this run
+            if recorded:
+                if (stage_dir / "model" / "config.json").is_file():
+                    results.append(recorded)
+                    previous = stage_dir / "model"
+                    continue
+                # the weights are not kept with the report (a fresh clone has only its summary): the stage trains
+                # again and must end at the loss and accuracy it recorded
+                print(f"{stage_dir}: its model is missing; training the stage again", flush=True)
+            if ids is None:  # word segmentation is the slow part: once for all the stages that still train
+                ids = {split: document_ids(tok, docs[split]) for split in ("train", "validation")}
+            train = packed_sequences(tok, ids["train"], max_len)
+            valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, ids["validation"], max_len))
+            batch_fn, loss_fn, eval_fn = masked_lm_functions(tok, train, valid, batch_size, train_config)
+            torch.manual_seed(train_config.seed)
+            model = (RoFormerForMaskedLM.from_pretrained(previous) if previous else RoFormerForMaskedLM(config))
+            started = time.perf_counter()
+            final = Trainer(model, train_config, stage_dir, batch_fn, loss_fn, eval_fn,
+                            desc=f"{stage_dir.parent.name} stage {i} (length {max_len})", identity=identity
+                            ).fit(resume=resume, recorded=recorded and {"loss": recorded["MLM loss"],
+                                                                        "accuracy": recorded["MLM accuracy"]})
+            if not is_main_process():
                 continue
-            # the weights are not kept with the report (a fresh clone has only its summary): the stage trains
-            # again and must end at the loss and accuracy it recorded
-            print(f"{stage_dir}: its model is missing; training the stage again", flush=True)
-        if ids is None:  # word segmentation is the slow part: once for all the stages that still train
-            ids = {split: document_ids(tok, docs[split]) for split in ("train", "validation")}
-        train = packed_sequences(tok, ids["train"], max_len)
-        valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, ids["validation"], max_len))
-        batch_fn, loss_fn, eval_fn = masked_lm_functions(tok, train, valid, batch_size, train_config)
-        torch.manual_seed(train_config.seed)
-        model = (RoFormerForMaskedLM.from_pretrained(previous) if previous else RoFormerForMaskedLM(config))
-        started = time.perf_counter()
-        final = Trainer(model, train_config, stage_dir, batch_fn, loss_fn, eval_fn,
-                        desc=f"{stage_dir.parent.name} stage {i} (length {max_len})", identity=identity
-                        ).fit(resume=resume, recorded=recorded and {"loss": recorded["MLM loss"],
-                                                                    "accuracy": recorded["MLM accuracy"]})
-        if not is_main_process():
-            continue
-        model.save_pretrained(stage_dir / "model")
-        save_tokenizer(tok, stage_dir / "model")
-        # a stage trained again to its recorded end (fit checked it) keeps its record
-        r = recorded or {"stage": i, "max length": max_len, "batch size": batch_size, "steps": steps,
-                         "MLM loss": final["loss"], "MLM accuracy": final["accuracy"],
-                         "minutes": (time.perf_counter() - started) / 60}
-        done.write_text(json.dumps(r, indent=2))
-        results.append(r)
-        previous = stage_dir / "model"
+            owner.save_directory("model", functools.partial(_save_with_tokenizer, model, tok))
+            # a stage trained again to its recorded end (fit checked it) keeps its record
+            r = recorded or {"stage": i, "max length": max_len, "batch size": batch_size, "steps": steps,
+                             "MLM loss": final["loss"], "MLM accuracy": final["accuracy"],
+                             "minutes": (time.perf_counter() - started) / 60}
+            owner.write_json("summary.json", r)
+            results.append(r)
+            previous = stage_dir / "model"
     return previous, results
 
 
@@ -236,11 +231,20 @@ def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run
                          min_lr_ratio=0.0, eval_every=steps_per_epoch, save_every=steps_per_epoch, keep_last=1,
                          log_every=5, device=device, dtype=dtype or "float32", seed=seed)
     identity = {"model": str(model_dir), "max_len": max_len, "eval_lengths": list(eval_lengths),
-                **{split: _fingerprint([d.ids, d.targets(list(range(len(d)))).tolist()]) for split, d in task.items()}}
-    done = run_dir / "summary.json"
-    if resume and done.is_file():
-        check_same_run(run_dir, dataclasses.asdict(config), identity)  # a finished fine-tune of this run
-        return json.loads(done.read_text())
+                **{split: fingerprint([d.ids, d.targets(list(range(len(d)))).tolist()]) for split, d in task.items()}}
+    with RunDirectory(run_dir, resume=resume) as owner:
+        owner.begin(identity, dataclasses.asdict(config))
+        done = owner.result("summary.json")  # a finished fine-tune of this run
+        if done is None:
+            done = _train_classifier(model_dir, task, max_len, m, seed, config, identity, owner, resume, eval_lengths)
+            owner.write_json("summary.json", done)
+        return done
+
+
+def _train_classifier(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, config: TrainConfig,
+                      identity: dict, owner: RunDirectory, resume: bool, eval_lengths: tuple[int, ...]) -> dict:
+    train, run_dir = task["train"], owner.path
+    steps_per_epoch = config.eval_every
     torch.manual_seed(seed)
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=train.num_labels)
 
@@ -269,10 +273,15 @@ def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run
                 correct = correct_per_example(model, task[split], n)
                 out[f"{split} @{n}"] = 100.0 * sum(correct) / len(correct)
                 out[f"{split} correct @{n}"] = correct
-    done.write_text(json.dumps(out))
     return out
 
 
+def _save_with_tokenizer(model, tok, path: Path) -> None:
+    model.save_pretrained(path)
+    save_tokenizer(tok, path)
+
+
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/chinese", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         seeds: int | None = None) -> dict:
@@ -326,7 +335,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/chinese", 
                             out / task / f"{name}-{length}" / f"seed{seed}", device, dtype, resume, lengths)
                   for seed in seed_list]
             for row, (name, length, lengths) in runs.items()}
-    (out / "results.json").write_text(json.dumps(results))
+    atomic_write_text(out / "results.json", json.dumps(results))
     _write_report(out, p, command or f"roformer experiment chinese --preset {preset}", toks, docs, data, results,
                   runs, seed_list)
     return results
@@ -417,4 +426,4 @@ def _write_report(out: Path, p: dict, command: str, toks: dict, docs: dict, data
     text += [f"`{names[2]}` evaluated at {long_} is the model fine-tuned at {short} given longer inputs; it was "
              f"pre-trained at lengths up to {max(n for n, _, _ in p['stages'])}, so this is not extrapolation past "
              "the pre-training length.", ""]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))

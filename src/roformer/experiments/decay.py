@@ -7,10 +7,14 @@ relative upper bound (1/(d/2)) sum_j |S_j| (``rope.relative_upper_bound``) and p
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..io import atomic_write, atomic_write_text
 from ..rope import relative_upper_bound
+
+MAX_DISTANCE = 1_000_000  # the bound is a (distance, dim / 2) table: 10**11 distances would need 800 GB
 
 
 def run(dim: int = 128, max_distance: int = 256, base: float = 10000.0, out: str | Path = "runs/decay") -> Path:
@@ -20,15 +24,17 @@ def run(dim: int = 128, max_distance: int = 256, base: float = 10000.0, out: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if max_distance < 1:
-        raise InvalidArgument(f"max distance must be at least 1, got {max_distance}")
+    if not 1 <= max_distance <= MAX_DISTANCE:
+        raise InvalidArgument(f"max distance must be from 1 to {MAX_DISTANCE:,} (one CSV row per distance), got "
+                              f"{max_distance}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bound = relative_upper_bound(dim, max_distance, base).tolist()
-    with open(out / "decay.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["relative_distance", "relative_upper_bound"])
-        writer.writerows((r, f"{b:.6f}") for r, b in enumerate(bound))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["relative_distance", "relative_upper_bound"])
+    writer.writerows((r, f"{b:.6f}") for r, b in enumerate(bound))
+    atomic_write_text(out / "decay.csv", text.getvalue())
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(range(len(bound)), bound, color="tab:blue")
@@ -37,6 +43,6 @@ def run(dim: int = 128, max_distance: int = 256, base: float = 10000.0, out: str
     ax.set_title(f"Long-term decay of RoPE (d = {dim}, base = {base:g})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "decay.png")
+    atomic_write(out / "decay.png", lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out

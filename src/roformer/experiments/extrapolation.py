@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_write_text
 from ..models.decoder import DecoderConfig, DecoderLM
 from ..report import markdown_table, mean_std, read_metrics
 from ..train import is_main_process, preset_train_config
 from ..train.lm import sliding_window_loss, stream_loss
-from . import choose_preset, pe_compare
+from . import choose_preset, owns_run, pe_compare
 from .lm_compare import train_variants
 
 VARIANTS = ("none", "learned", "sinusoidal", "t5", "alibi", "rope")
@@ -71,6 +72,7 @@ def evaluate(model: DecoderLM, valid: torch.Tensor, seq_len: int, factor: int) -
             "sliding": sliding_window_loss(model, valid, length, length // 2, batch_size=max(1, 8 // factor))}
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolation", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         seeds: int | None = None, models: str | None = None) -> dict:
@@ -110,7 +112,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
                                       out / "finetune" / f"seed{seed}", resume, head_dim)
             saved = {"key": key, "scores": scores | finetuned}
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(saved, indent=2))
+            atomic_write_text(cache, json.dumps(saved, indent=2))
         for method, by_factor in saved["scores"].items():
             for factor, modes in by_factor.items():
                 for mode, loss in modes.items():
@@ -118,7 +120,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/extrapolat
         costs += [finetune_cost(out / "finetune" / f"seed{seed}" / slug,
                                 p["finetune_steps"] * finetune_batch(base, at) * seq_len * at)
                   for _, at, slug in finetunes(p, base, head_dim).values()]
-    (out / "results.json").write_text(json.dumps({"results": results, "finetune_costs": costs}, indent=2))
+    atomic_write_text(out / "results.json", json.dumps({"results": results, "finetune_costs": costs}, indent=2))
     write_report(results, costs, p, base, seed_list, out,
                  command or f"roformer experiment extrapolation --preset {preset}")
     return results
@@ -216,4 +218,4 @@ def write_report(results: dict, costs: list, p: dict, base: dict, seeds: list[in
         plot_lines(curves, out / f"perplexity_{mode}.png", xlabel="evaluation length (tokens, log scale)",
                    ylabel="perplexity (log scale)", title=f"Perplexity against evaluation length ({mode} windows)")
         lines += [f"![{mode}](perplexity_{mode}.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))

@@ -30,10 +30,11 @@ from ..data.padding import right_pad
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..errors import InvalidArgument, MissingFile
+from ..io import atomic_write, atomic_write_text
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table, seed_rows
-from ..train import TrainConfig, Trainer, check_same_run, is_main_process
-from . import choose_preset
+from ..train import RunDirectory, TrainConfig, Trainer, is_main_process
+from . import choose_preset, owns_run
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
 
@@ -152,7 +153,6 @@ def encoder_fingerprint(model_dir: Path) -> str:
 def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, train: Encoded, valid: Encoded,
                    mismatched: Encoded | None, pad_id: int, p: dict, lr: float, seed: int, run_dir: Path,
                    device: str, dtype: str | None, resume: bool, max_steps: int | None) -> dict:
-    regression = TASKS[task].labels is None
     steps_per_epoch = len(train) // p["batch_size"]
     if steps_per_epoch < 1:
         raise InvalidArgument(f"{task}: {len(train)} training examples are fewer than one batch of {p['batch_size']}")
@@ -162,13 +162,20 @@ def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, tr
                          save_every=steps_per_epoch, keep_last=1, log_every=10, seed=seed, device=device,
                          dtype=dtype or "float32")
     identity = {"model": str(model_dir), "encoder": encoder, "task": task, "train_examples": len(train)}
-    done = run_dir / "result.json"
-    if resume and done.is_file():  # a finished fine-tune is reused only by the same run, from the same encoder
-        if not (run_dir / "run.json").is_file():
-            raise InvalidArgument(f"cannot resume {run_dir}: it records no settings to check (run.json; made by an "
-                                  "older version). Run without --resume")
-        check_same_run(run_dir, dataclasses.asdict(config), identity)
-        return json.loads(done.read_text())
+    with RunDirectory(run_dir, resume=resume) as owner:
+        owner.begin(identity, dataclasses.asdict(config))
+        # a finished fine-tune is reused only by the same run, from the same encoder
+        done = owner.result("result.json")
+        return done if done is not None else _train_once(
+            model_dir, task, num_labels, train, valid, mismatched, pad_id, p, seed, config, identity, owner, resume)
+
+
+def _train_once(model_dir: Path, task: str, num_labels: int, train: Encoded, valid: Encoded,
+                mismatched: Encoded | None, pad_id: int, p: dict, seed: int, config: TrainConfig, identity: dict,
+                owner: RunDirectory, resume: bool) -> dict:
+    regression = TASKS[task].labels is None
+    steps_per_epoch = config.eval_every
+    lr, run_dir = config.lr, owner.path
     torch.manual_seed(seed)  # the fresh classifier head
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
 
@@ -191,9 +198,9 @@ def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, tr
     final = Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"{task} lr {lr:g} seed {seed}",
                     identity=identity).fit(resume=resume)
     if is_main_process():
-        model.save_pretrained(run_dir / "model")
+        owner.save_directory("model", model.save_pretrained)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: the result below replaces it
-        done.write_text(json.dumps(final, indent=2))
+        owner.write_json("result.json", final)
     return final
 
 
@@ -227,6 +234,16 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
                             num_labels)
 
     encoder = encoder_fingerprint(model_dir)  # once for the grid: hashing a large encoder's weights takes a while
+    with RunDirectory(out, resume=resume) as owner:
+        owner.begin({"model": str(model_dir), "encoder": encoder, "task": task, "preset": preset})
+        return _grid(owner, model_dir, encoder, task, tok, data, train, valid, mismatched, pad_id, p, lrs, seeds,
+                     device, dtype, resume, max_steps)
+
+
+def _grid(owner: RunDirectory, model_dir: Path, encoder: str, task: str, tok, data: TaskData, train: Encoded,
+          valid: Encoded, mismatched: Encoded | None, pad_id: int, p: dict, lrs: tuple, seeds: int, device: str,
+          dtype: str | None, resume: bool, max_steps: int | None) -> dict:
+    out, metric, num_labels = owner.path, TASKS[task].metric, data.num_labels
     grid: dict[str, list[float]] = {}
     grid_mismatched: dict[str, list[float]] = {}
     for lr in lrs:
@@ -263,7 +280,7 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     }
     if grid_mismatched:  # at the learning rate chosen on the matched set
         result["mismatched_mean"] = statistics.fmean(grid_mismatched[best])
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    owner.write_json("results.json", result)
     return result
 
 
@@ -275,6 +292,7 @@ def _cell(result: dict) -> str:
     return f"{result['mean']:.1f} ± {result['std']:.1f}"
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         models: str | Path = "reports/mlm", tasks=TABLE2_ORDER) -> dict:
@@ -293,7 +311,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
                                           resume, device, dtype, max_steps)
                       for task in tasks}
                for name, path in pretrained.items()}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     _plot(results, out / "glue.png")
     rows = [{"model": name, **{TASK_TITLES[t]: _cell(r[t]) for t in tasks}} for name, r in results.items()]
     first = next(iter(results.values()))
@@ -337,7 +355,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
         "seed (95% Student-t interval over the seeds; positive: better than RoFormer):", "",
         *([markdown_table(paired, list(paired[0])), ""] if paired else []), "Data:", *notes, "",
     ]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))
     return results
 
 
@@ -359,5 +377,5 @@ def _plot(results: dict, out_png: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png)
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

@@ -4,12 +4,12 @@ and collect their curves and final validation loss: the shared core of the §4.4
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ..io import fingerprint
 from ..models.decoder import DecoderConfig, DecoderLM
 from ..report import read_metrics
 from ..train import TrainConfig
@@ -33,11 +33,6 @@ def train_variants(variants: dict[str, DecoderConfig], train: torch.Tensor, vali
         return make
 
     return train_seeds({name: variant(config) for name, config in variants.items()}, out, resume, seeds)
-
-
-def fingerprint(tokens: torch.Tensor) -> str:
-    """Length and CRC-32 of a token stream: what a resume compares to know it trains on the same data."""
-    return f"{tokens.numel()} tokens, crc32 {zlib.crc32(tokens.cpu().numpy().tobytes()):08x}"
 
 
 def eval_curve(run_dir: Path) -> list[tuple[int, float]]:

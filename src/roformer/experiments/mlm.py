@@ -12,7 +12,7 @@ AdamW lr 1e-5.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import re
 import zlib
 from collections.abc import Callable
@@ -23,11 +23,12 @@ import torch
 from ..data.corpora import load_articles
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
 from ..errors import InvalidArgument, MissingFile
+from ..io import fingerprint
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
-from ..train import Trainer, is_main_process, preset_train_config
+from ..train import RunDirectory, Trainer, is_main_process, preset_train_config
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
-from . import choose_preset
+from . import choose_preset, owns_run
 from .seeds import SeedRun, run_dirs, train_seeds
 
 VARIANTS = {"bert": "learned", "roformer": "rope"}
@@ -67,15 +68,19 @@ def _documents(corpus: str, data_dir, limit: int | None) -> dict[str, list[str]]
     return {k: v[:limit] if limit else v for k, v in splits.items()}
 
 
-def prepare(p: dict, corpus: str, data_dir, out: Path, resume: bool) -> tuple:
-    """The WordPiece vocabulary (reused on resume) and the packed training and validation sequences."""
+def prepare(p: dict, corpus: str, data_dir, run: RunDirectory) -> tuple:
+    """The WordPiece vocabulary (reused on resume) and the packed training and validation sequences. The run
+    records the corpus before the vocabulary is written, and the vocabulary once it is known, so a resume on
+    another corpus, or with another vocabulary, is refused before anything is changed."""
     docs = _documents(corpus, data_dir, p["articles"])
-    if resume and (out / "tokenizer.json").is_file():
-        tok = load_tokenizer(out)  # the vocabulary the checkpoints were trained with (training it is not
+    run.begin({"corpus": corpus, "corpus_data": fingerprint(docs["train"]), "vocab": p["vocab"]})
+    if run.resume and (run.path / "tokenizer.json").is_file():
+        tok = load_tokenizer(run.path)  # the vocabulary the checkpoints were trained with (training it is not
         # deterministic: huggingface/tokenizers#1794)
     else:
         tok = train_wordpiece(docs["train"], p["vocab"])
-        save_tokenizer(tok, out)
+        save_tokenizer(tok, run.path)
+    run.begin({"tokenizer": fingerprint(sorted(tok.get_vocab().items()))})
     train = packed_sequences(tok, document_ids(tok, docs["train"]), p["max_len"])
     valid = tuple(t[: p["eval_sequences"]]
                   for t in packed_sequences(tok, document_ids(tok, docs["validation"]), p["max_len"]))
@@ -107,29 +112,37 @@ def pretrain(position: str = "rope", corpus: str = "enwiki", preset: str = "smal
     """One masked LM (``position="rope"``: RoFormer; ``"learned"``: the BERT baseline) on ``corpus``, saved with
     its tokenizer in ``out/model`` (a HuggingFace-compatible directory)."""
     p, out = choose_preset(PRESETS, preset), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
-    torch.manual_seed(train_config.seed)
-    run = encoder_run(position, *prepare(p, corpus, data_dir, out, resume), p, train_config)(train_config.seed)
-    final = Trainer(run.model, run.config, out, *run.functions, desc=f"MLM {position}",
-                    identity=run.identity).fit(resume=resume)
-    if is_main_process():
-        run.save(run.model, out / "model")
+    with RunDirectory(out, resume=resume) as owner:
+        owner.begin({"recipe": "pretrain", "preset": preset, "position": position})
+        prepared = prepare(p, corpus, data_dir, owner)
+        torch.manual_seed(train_config.seed)
+        run = encoder_run(position, *prepared, p, train_config)(train_config.seed)
+        final = Trainer(run.model, run.config, out, *run.functions, desc=f"MLM {position}",
+                        identity=run.identity).fit(resume=resume)
+        owner.save_directory("model", functools.partial(run.save, run.model))
     return final
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/mlm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         seeds: int | None = None) -> dict:
     p = choose_preset(PRESETS, preset)
     out, seed_list = Path(out), list(range(seeds or p["seeds"]))
-    out.mkdir(parents=True, exist_ok=True)
     train_config = preset_train_config(p["train"], device, dtype, max_steps, save_every=0, keep_last=1)
-    tok, train, valid = prepare(p, "enwiki", data_dir, out, resume)
-    results = train_seeds({name: encoder_run(position, tok, train, valid, p, train_config)
-                           for name, position in VARIANTS.items()}, out, resume, seed_list)
-    if not is_main_process():
-        return results
+    with RunDirectory(out, resume=resume) as owner:  # held and begun by @owns_run
+        tok, train, valid = prepare(p, "enwiki", data_dir, owner)
+        results = train_seeds({name: encoder_run(position, tok, train, valid, p, train_config)
+                               for name, position in VARIANTS.items()}, out, resume, seed_list)
+        if is_main_process():
+            _write_report(owner, results, seed_list, tok, train, valid, p, train_config, preset, command)
+    return results
+
+
+def _write_report(owner: RunDirectory, results: dict, seed_list: list[int], tok, train, valid, p: dict,
+                  train_config, preset: str, command: str) -> None:
+    out = owner.path
     rows = encoder_rows(results, "roformer")
     for row in rows:
         row["variant"] = f"{row['variant']} ({VARIANTS[row['variant']]} positions)"
@@ -138,7 +151,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/mlm", resu
                     title="MLM pre-training: BERT vs RoFormer, validation loss (Fig. 3 left)")
     plot_seed_bands(dirs, out / "mlm_training_loss.png", key="loss", ylabel="MLM loss (nats / masked token)",
                     title="MLM pre-training: training loss")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "runs": results}, indent=2))
+    owner.write_json("results.json", {"rows": rows, "runs": results})
     text = [
         "# §4.2 MLM pre-training: BERT vs RoFormer", "",
         f"Produced by: `{command or f'roformer experiment mlm --preset {preset}'}`", "",
@@ -154,8 +167,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/mlm", resu
         "seed). MRR: mean reciprocal rank of the masked tokens.", "",
         "![MLM loss](mlm_loss.png)", "", "![MLM training loss](mlm_training_loss.png)", "",
     ]
-    (out / "report.md").write_text("\n".join(text))
-    return results
+    owner.write_text("report.md", "\n".join(text))
 
 
 def encoder_rows(results: dict[str, list[dict]], reference: str) -> list[dict]:

@@ -21,9 +21,10 @@ import json
 import math
 from pathlib import Path
 
+from ..io import atomic_write_text
 from ..report import markdown_table, paired_difference, plot_seed_bands
-from ..train import is_main_process, preset_train_config
-from . import choose_preset, mlm
+from ..train import RunDirectory, is_main_process, preset_train_config
+from . import choose_preset, mlm, owns_run
 from .seeds import run_dirs, train_seeds
 
 ENCODERS = {"bert": "learned", "rpe": "shaw", "roformer": "rope"}
@@ -46,6 +47,7 @@ def optimizer_settings(optimizer: str, train_config, amos_lr: float | None, batc
                                schedule="constant", weight_decay=0.0)
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/optimizers", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         seeds: int | None = None) -> dict:
@@ -54,7 +56,8 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/optimizers
     out, seed_list = Path(out), list(range(seeds or q["seeds"]))
     out.mkdir(parents=True, exist_ok=True)
     base = preset_train_config({**p["train"], **q["train"]}, device, dtype, max_steps, save_every=0, keep_last=1)
-    tok, train, valid = mlm.prepare(p, "enwiki", data_dir, out, resume)
+    with RunDirectory(out, resume=resume) as owner:  # held by @owns_run: the same run
+        tok, train, valid = mlm.prepare(p, "enwiki", data_dir, owner)
     batches = len(train[0]) // p["batch_size"]
     configs = {opt: optimizer_settings(opt, base, q["amos_lr"], batches) for opt in OPTIMIZERS}
     variants = {f"{name}-{opt}": mlm.encoder_run(position, tok, train, valid, p, configs[opt])
@@ -80,7 +83,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/optimizers
                            ("eval/mrr", "validation_mrr.png", "validation MRR of the masked tokens")):
         plot_seed_bands(dirs, out / png, key=key, title=f"BERT / RPE / RoFormer under AdamW and Amos: {what}",
                         ylabel="MRR" if key == "eval/mrr" else "loss (nats / masked token)")
-    (out / "results.json").write_text(json.dumps({"runs": results, "amos_minus_adamw": gains}, indent=2))
+    atomic_write_text(out / "results.json", json.dumps({"runs": results, "amos_minus_adamw": gains}, indent=2))
     adamw, amos = configs["adamw"], configs["amos"]
     text = [
         "# §4.8 Optimisers: BERT, RPE and RoFormer under AdamW and Amos (Fig. 7, Neurocomputing version)", "",
@@ -103,5 +106,5 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/optimizers
         "![validation loss](validation_loss.png)", "", "![training loss](training_loss.png)", "",
         "![validation MRR](validation_mrr.png)", "",
     ]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))
     return results

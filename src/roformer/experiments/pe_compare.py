@@ -17,10 +17,11 @@ import torch
 
 from ..data.corpora import load_articles
 from ..data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from ..io import atomic_write_text
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import is_main_process, preset_train_config
-from . import choose_preset
+from . import choose_preset, owns_run
 from .lm_compare import eval_curve, steps_to_reach, train_variants
 from .seeds import run_dirs
 
@@ -67,6 +68,7 @@ def encode_corpus(preset: dict, data_dir, out: Path, resume: bool = False) -> tu
     return stream(train_docs), stream(valid_docs)[: preset["eval_tokens"] + 1]
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/pe_compare", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         variants: tuple[str, ...] = VARIANTS, seeds: int | None = None) -> dict:
@@ -98,7 +100,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/pe_compare
                     title="Position encodings on a GPT-style LM (Wikipedia sample): validation loss (Fig. 4)")
     plot_seed_bands(dirs, out / "training_loss.png", key="loss",
                     title="Position encodings on a GPT-style LM: training loss")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "validation_loss": losses}, indent=2))
+    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "validation_loss": losses}, indent=2))
     text = [
         "# §4.6-4.7 Position encodings on a GPT-style language model", "",
         f"Produced by: `{command or f'roformer experiment pe_compare --preset {preset}'}`", "",
@@ -113,5 +115,5 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/pe_compare
         "The interval is a Student-t 95% interval of the mean per-seed difference against RoPE (paired by seed).",
         "", "![validation loss](validation_loss.png)", "", "![training loss](training_loss.png)", "",
     ]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))
     return results

@@ -15,10 +15,11 @@ import math
 from pathlib import Path
 
 from ..data.corpora import byte_tensor, load_bytes_corpus
+from ..io import atomic_write_text
 from ..models.decoder import DecoderConfig
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import is_main_process, preset_train_config
-from . import choose_preset
+from . import choose_preset, owns_run
 from .lm_compare import train_variants
 from .seeds import run_dirs
 
@@ -38,6 +39,7 @@ PRESETS = {
 }
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/performer_lm", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         seeds: int | None = None) -> dict:
@@ -64,7 +66,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/performer_
                     title="Performer on enwik8: training loss with and without RoPE (Fig. 3 right)")
     plot_seed_bands(dirs, out / "validation_loss.png", key="eval/loss",
                     title="Performer on enwik8: validation loss")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "validation_bpc": bpc}, indent=2))
+    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "validation_bpc": bpc}, indent=2))
     text = [
         "# §4.4 Performer with and without RoPE on enwik8", "",
         f"Produced by: `{command or f'roformer experiment performer_lm --preset {preset}'}`", "",
@@ -82,5 +84,5 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/performer_
         "The interval is a Student-t 95% interval of the mean per-seed difference (paired by seed).", "",
         "![training loss](training_loss.png)", "", "![validation loss](validation_loss.png)", "",
     ]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))
     return results

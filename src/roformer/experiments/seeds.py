@@ -9,7 +9,7 @@ initialisation and the data order, the same ones for every variant, so that runs
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..train import TrainConfig, Trainer, is_main_process
+from ..train import RunDirectory, TrainConfig, Trainer, is_main_process
 
 __all__ = ["SeedRun", "train_seeds", "run_dirs"]
 
@@ -48,24 +48,27 @@ def train_seeds(variants: dict[str, Callable[[int], SeedRun]], out: Path, resume
             started = time.perf_counter()
             trainer = Trainer(run.model, config, run_dir, *run.functions, desc=f"{name} seed {seed}",
                               identity=run.identity)
-            summary_path = run_dir / "summary.json"
-            recorded = json.loads(summary_path.read_text()) if resume and summary_path.exists() else None
-            final = trainer.fit(resume=resume, recorded=recorded and {
-                k.removeprefix("validation_"): v for k, v in recorded["final"].items() if k.startswith("validation_")})
-            if not is_main_process():
-                continue
-            if recorded:  # reused, or trained again to its recorded end (a fresh clone has no weights): fit checked
-                summary = recorded  # keeps the minutes of the run that trained it
-            else:
-                metrics = {f"validation_{k}": v for k, v in final.items()}
-                if "loss" in final:
-                    metrics["perplexity"] = math.exp(final["loss"])
-                summary = {"final": {**metrics, "parameters": sum(p.numel() for p in run.model.parameters()),
-                                     "minutes": (time.perf_counter() - started) / 60},
-                           "config": run.identity.get("model"), "train": dataclasses.asdict(config)}
-                summary_path.write_text(json.dumps(summary, indent=2))
-            if not trainer.resumed_finished or not (run_dir / "model").is_dir():
-                (run.save or (lambda model, path: model.save_pretrained(path)))(run.model, run_dir / "model")
+            with RunDirectory(run_dir, resume=resume) as owner:
+                owner.begin(run.identity, dataclasses.asdict(config))
+                recorded = owner.result("summary.json")
+                final = trainer.fit(resume=resume, recorded=recorded and {
+                    k.removeprefix("validation_"): v for k, v in recorded["final"].items()
+                    if k.startswith("validation_")})
+                if not is_main_process():
+                    continue
+                if recorded:  # reused, or trained again to its recorded end (a fresh clone has no weights)
+                    summary = recorded  # keeps the minutes of the run that trained it
+                else:
+                    metrics = {f"validation_{k}": v for k, v in final.items()}
+                    if "loss" in final:
+                        metrics["perplexity"] = math.exp(final["loss"])
+                    summary = {"final": {**metrics, "parameters": sum(p.numel() for p in run.model.parameters()),
+                                         "minutes": (time.perf_counter() - started) / 60},
+                               "config": run.identity.get("model"), "train": dataclasses.asdict(config)}
+                    owner.write_json("summary.json", summary)
+                if not trainer.resumed_finished or not (run_dir / "model").is_dir():
+                    save = run.save or (lambda model, path: model.save_pretrained(path))
+                    owner.save_directory("model", functools.partial(save, run.model))
             results.setdefault(name, []).append(summary)
     return results
 

@@ -25,11 +25,12 @@ from tqdm import tqdm
 from ..data.padding import right_pad
 from ..data.parallel import load_parallel, token_batches
 from ..data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from ..io import atomic_write_text
 from ..models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
-from ..train import average_checkpoints, is_main_process, list_checkpoints, preset_train_config
+from ..train import RunDirectory, average_checkpoints, is_main_process, list_checkpoints, preset_train_config
 from ..train.losses import token_cross_entropy
-from . import choose_preset
+from . import choose_preset, owns_run
 from .seeds import SeedRun, train_seeds
 
 __all__ = ["PRESETS", "SPECIALS", "run", "translate_lines", "bleu", "paired_bootstrap"]
@@ -133,6 +134,7 @@ def paired_bootstrap(systems: dict[str, list[str]], references: list[str], basel
             for name, r in zip(scores["System"], scores["BLEU"], strict=True)}
 
 
+@owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translation", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         seeds: int | None = None) -> dict:
@@ -207,7 +209,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translatio
     bootstrap = [paired_bootstrap({name: (out / position / f"seed{seed}" / "test2016.hyp.de").read_text()
                                    .split("\n")[: len(references)] for name, position in VARIANTS.items()},
                                   references, "RoFormer") for seed in seed_list]
-    (out / "results.json").write_text(json.dumps({"runs": results, "paired_bootstrap": bootstrap}, indent=2))
+    atomic_write_text(out / "results.json", json.dumps({"runs": results, "paired_bootstrap": bootstrap}, indent=2))
     _write_report(out, p, preset, command, tok, train_pairs, test_pairs, news, batches, train_config, seed_list,
                   results, bootstrap)
     return results
@@ -216,10 +218,17 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translatio
 def _decode(run_dir: Path, tok, test_pairs, news, eval_fn, device, resume: bool) -> dict:
     """BLEU of a run's (averaged) model: test2016 with beam 4 and greedy, newstest2014 with beam 4; the
     averaged model's validation loss. Kept in ``bleu.json`` and reused on resume."""
-    done = run_dir / "bleu.json"
-    if resume and done.is_file():
-        return json.loads(done.read_text())
-    model = Seq2SeqTransformer.from_pretrained(run_dir / "model").to(device).eval()
+    with RunDirectory(run_dir, resume=resume) as owner:  # trained (or reused) by this command: the same run
+        owner.begin({"decoding": {"test_sentences": len(test_pairs), "news_sentences": len(news), "beam": 4}})
+        done = owner.result("bleu.json")
+        if done is None:
+            done = _translate_and_score(owner, tok, test_pairs, news, eval_fn, device)
+            owner.write_json("bleu.json", done)
+        return done
+
+
+def _translate_and_score(owner: RunDirectory, tok, test_pairs, news, eval_fn, device) -> dict:
+    model = Seq2SeqTransformer.from_pretrained(owner.path / "model").to(device).eval()
     started = time.perf_counter()
     with torch.no_grad():
         averaged = eval_fn(model)["loss"]
@@ -227,11 +236,10 @@ def _decode(run_dir: Path, tok, test_pairs, news, eval_fn, device, resume: bool)
     test_bleu, signature = bleu(test_hyps, [t for _, t in test_pairs])
     greedy = bleu(translate_lines(model, tok, [s for s, _ in test_pairs], beam_size=1), [t for _, t in test_pairs])[0]
     news_bleu = bleu(translate_lines(model, tok, [s for s, _ in news]), [t for _, t in news])[0]
-    (run_dir / "test2016.hyp.de").write_text("\n".join(test_hyps) + "\n")
+    owner.write_text("test2016.hyp.de", "\n".join(test_hyps) + "\n")
     r = {"validation loss (avg of 5)": averaged, "BLEU test2016 (beam 4)": test_bleu, "BLEU test2016 (greedy)": greedy,
          "BLEU newstest2014 (beam 4)": news_bleu, "decode minutes": (time.perf_counter() - started) / 60,
          "parameters": sum(q.numel() for q in model.parameters()), "signature": signature}
-    done.write_text(json.dumps(r, indent=2))
     return r
 
 
@@ -278,4 +286,4 @@ def _write_report(out: Path, p: dict, preset: str, command: str, tok, train_pair
         "comparable in data or scale):", "", markdown_table(paper_rows, list(paper_rows[0])), "",
         "![loss](loss.png)", "",
     ]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_text(out / "report.md", "\n".join(text))

@@ -3,6 +3,7 @@
 from .checkpoint import DiskFull, average_checkpoints, latest_checkpoint, list_checkpoints
 from .losses import token_cross_entropy
 from .optim import build_optimizer, lr_multiplier
+from .run import RunDirectory
 from .trainer import (
     NonFiniteLoss,
     TrainConfig,
@@ -15,4 +16,4 @@ from .trainer import (
 
 __all__ = ["TrainConfig", "Trainer", "preset_train_config", "build_optimizer", "lr_multiplier",
            "token_cross_entropy", "average_checkpoints", "latest_checkpoint", "list_checkpoints",
-           "init_distributed", "is_main_process", "check_same_run", "NonFiniteLoss", "DiskFull"]
+           "init_distributed", "is_main_process", "check_same_run", "NonFiniteLoss", "DiskFull", "RunDirectory"]

@@ -31,7 +31,7 @@ from ..io import sha256_file, umask_mode
 
 __all__ = ["CorruptCheckpoint", "UnsafeCheckpoint", "DiskFull", "save_checkpoint", "load_checkpoint",
            "remove_temporary", "latest_checkpoint", "list_checkpoints", "average_checkpoints", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "read_trainer_state"]
 
 _NAME = re.compile(r"^step-(\d{8})$")
 _DIGESTS = "sha256.json"  # the SHA-256 of each file of the checkpoint, written with them
@@ -179,6 +179,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     if missing or unexpected:
         raise InvalidArgument(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
     return state
+
+
+def read_trainer_state(path: Path) -> dict | None:
+    """The trainer state of a checkpoint (settings and identity included), or None when it cannot be read."""
+    try:
+        state = torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=True)
+    except Exception:  # truncated, damaged or refused: the caller tries the previous checkpoint
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

@@ -12,9 +12,11 @@ its share of the rows of every micro-batch, so N processes compute the same upda
 same global batch.
 
 A run directory holds ``train_config.json``, ``run.json`` (what the recipe says identifies the run: preset, data,
-model shape), ``metrics.jsonl`` (one JSON record per logged step and per evaluation) and ``checkpoints/``.
-Resuming checks that both JSON files agree with the command, so a run is never continued with other settings
-or data; a checkpoint that cannot be read is reported and the previous one is used.
+model shape), ``metrics.jsonl`` (one JSON record per logged step and per evaluation) and ``checkpoints/``;
+:class:`~roformer.train.run.RunDirectory` owns it (lock, identity, refusal to replace a run). Resuming checks
+that both JSON files (or, without them, the newest checkpoint's stored settings) agree with the command, so a
+run is never continued with other settings or data; a checkpoint that cannot be read is reported and the
+previous one is used.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import InvalidArgument, RoformerError
-from ..io import atomic_write_text, read_jsonl
+from ..errors import InvalidArgument, RoformerError, RunConflict
+from ..io import atomic_write_text, read_json, read_jsonl
 from .checkpoint import (
     CorruptCheckpoint,
     UnsafeCheckpoint,
@@ -48,6 +50,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .optim import SCHEDULES, build_optimizer, lr_multiplier
+from .run import RESUMABLE_SETTINGS, RunDirectory, differences
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "check_same_run", "init_distributed", "is_main_process",
            "preset_train_config"]
@@ -116,29 +119,17 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-# settings that may differ between an interrupted run and its resume: they change no result
-_RESUMABLE = ("device", "progress", "log_every", "eval_every", "save_every", "keep_last")
-
-
 def check_same_run(run_dir: str | Path, config: dict, identity: dict) -> None:
     """Refuse to continue (or reuse) a run directory whose saved ``train_config.json`` and ``run.json`` differ
     from this command's settings and identity: one error naming every difference."""
     differ = []
-    for name, current in (("train_config.json", config), ("run.json", identity)):
+    for name, current, ignore in (("train_config.json", config, RESUMABLE_SETTINGS), ("run.json", identity, ())):
         path = Path(run_dir) / name
-        if not path.is_file():
-            continue
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise InvalidArgument(f"cannot resume: {path} is not valid JSON ({e})") from None
-        current = json.loads(json.dumps(current))  # tuples as lists, as saved
-        differ += [f"{k}: run has {saved.get(k)!r}, command has {current.get(k)!r}"
-                   for k in sorted(set(saved) | set(current))
-                   if k not in _RESUMABLE and saved.get(k) != current.get(k)]
+        if path.is_file():
+            differ += differences(read_json(path), current, ignore)
     if differ:
-        raise InvalidArgument(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
-                              ". Run without --resume into another --out, or repeat the original command")
+        raise RunConflict(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
+                          ". Run without --resume into another --out, or repeat the original command")
 
 
 def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
@@ -208,6 +199,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "train_config": dataclasses.asdict(self.config),
+            "identity": self.identity,  # compared on resume when run.json is gone
         }
 
     def save(self) -> Path | None:
@@ -215,13 +207,9 @@ class Trainer:
             return None
         return save_checkpoint(self.checkpoint_dir, self.step, self.model, self._state(), self.config.keep_last)
 
-    def _check_same_run(self) -> None:
-        check_same_run(self.run_dir, dataclasses.asdict(self.config), self.identity)
-
     def resume(self) -> bool:
         """Continue from the latest readable checkpoint in the run directory; False when there is none."""
         remove_temporary(self.checkpoint_dir)
-        self._check_same_run()
         found = list_checkpoints(self.checkpoint_dir)
         errors = []
         for path in reversed(found):
@@ -298,7 +286,7 @@ class Trainer:
             f"stopped before applying it (likely causes: a learning rate too high, it is {lr:g}; fp16 overflow; bad "
             f"data). Nothing after the last finite checkpoint ({latest or 'none yet'}) was saved, and it is kept")
 
-    def fit(self, resume: bool = False, recorded: dict | None = None) -> dict:
+    def fit(self, resume: bool = False, recorded: dict | None = None, overwrite: bool = False) -> dict:
         """Train to ``max_steps``; returns the final evaluation metrics.
 
         ``recorded``: the final evaluation of a finished run (from its summary), for a resume that finds no
@@ -306,18 +294,21 @@ class Trainer:
         then trains again and must end where it was recorded (:func:`check_same_result`), or what was built on
         the first weights (fine-tunings, reports) would mix two models; if not, the run directory is left as it
         was (the new checkpoints removed) and a ValueError says so. Either way its metrics.jsonl stays the
-        recorded one."""
+        recorded one.
+
+        The run directory is held (:class:`~roformer.train.run.RunDirectory`) for the whole of it: locked against
+        other processes, its identity and settings compared (``resume``) or the directory required to hold no
+        run (unless ``overwrite``), and recorded before the first update."""
+        with RunDirectory(self.run_dir, resume=resume, overwrite=overwrite) as run:
+            run.begin(self.identity, dataclasses.asdict(self.config))
+            return self._fit(resume, recorded)
+
+    def _fit(self, resume: bool, recorded: dict | None) -> dict:
         c = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and list_checkpoints(self.checkpoint_dir):
-            raise InvalidArgument(f"{self.run_dir} already holds a training run (checkpoints/): add --resume to "
-                                  "continue it, or choose another --out; nothing was overwritten")
         before = self.metrics_path.read_text() if recorded and self.metrics_path.exists() else None
         kept = set(list_checkpoints(self.checkpoint_dir)) if recorded else set()
         resumed = resume and self.resume()
         if is_main_process():
-            atomic_write_text(self.run_dir / "train_config.json", json.dumps(dataclasses.asdict(c), indent=2))
-            atomic_write_text(self.run_dir / "run.json", json.dumps(self.identity, indent=2))
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
