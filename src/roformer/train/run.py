@@ -74,7 +74,7 @@ def _main_process() -> bool:
 def differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """``"key: run has A, command has B"`` for each key of ``current`` whose value differs from ``saved`` (a key
     the run did not record, from an older version, is not a difference)."""
-    current = json.loads(json.dumps(current))  # tuples as lists, as saved
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))  # tuples as lists, as saved
     return [f"{k}: run has {saved[k]!r}, command has {current[k]!r}" for k in sorted(current)
             if k not in ignore and k in saved and saved[k] != current[k]]
 
@@ -107,7 +107,11 @@ class RunDirectory:
         for parent in key.parents:  # a directory inside one that another process is writing
             if parent not in _HELD and (parent / LOCK).is_file():
                 self._check_free(parent)
-        fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:  # ELOOP: a symbolic link in its place
+            raise RunConflict(f"{key / LOCK}: cannot take the run's lock ({e.strerror}); remove it if it is a "
+                              "symbolic link or not a file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
