@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from roformer.train import TrainConfig, average_checkpoints, list_checkpoints, lr_multiplier
+from roformer.train import TrainConfig, Trainer, average_checkpoints, list_checkpoints, lr_multiplier
 from roformer.train import checkpoint as ckpt
 
 from .conftest import REPO, require_data
+from .train_helper import tiny_setup
 
 HELPER = str(Path(__file__).with_name("train_helper.py"))
 
@@ -258,3 +259,30 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     files = list((tmp_path / "checkpoints").glob("step-*/*"))
     assert files and all(f.stat().st_mode & 0o777 == 0o644 for f in files), [(f.name, oct(f.stat().st_mode)) for f
                                                                              in files]
+
+
+def test_fp16_trains_with_a_gradient_scaler_that_skips_overflowing_updates(tmp_path):
+    """float16 autocast gets torch.amp's GradScaler: an update whose gradients overflow is skipped and the scale
+    lowered (not a NaN run, not a stop); the scale is in the checkpoint, so a resume continues it."""
+    model, batch_fn, loss_fn = tiny_setup()
+
+    def overflowing_loss(net, batch):
+        loss, n = loss_fn(net, batch)
+        return (loss * 1e30 if overflowing_loss.step == 2 else loss), n
+
+    overflowing_loss.step = 0
+
+    def counting_batch(step, micro):
+        overflowing_loss.step = step
+        return batch_fn(step, micro)
+
+    config = TrainConfig(max_steps=4, lr=1e-2, dtype="float16", progress=False, save_every=2, log_every=1)
+    trainer = Trainer(model, config, tmp_path / "run", counting_batch, overflowing_loss)
+    assert trainer.scaler.is_enabled()
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert trainer.scaler.get_scale() == 65536.0 / 2  # one skipped update
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-00000004" / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == 65536.0 / 2
+    assert not Trainer(*tiny_setup()[:1], TrainConfig(max_steps=2), tmp_path / "x", batch_fn, loss_fn
+                       ).scaler.is_enabled()  # float32: no scaling, the arithmetic of every recorded run

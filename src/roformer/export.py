@@ -23,7 +23,7 @@ OUTPUTS = {"RoFormerModel": ("last_hidden_state",), "RoFormerForQuestionAnswerin
 
 def load_any_head(model_dir: str | Path) -> nn.Module:
     """The head named in config.json's ``architectures`` (as ``transformers`` writes it), or the bare encoder."""
-    config = read_json(Path(model_dir) / "config.json") if Path(model_dir, "config.json").is_file() else {}
+    config = read_json(Path(model_dir) / "config.json", expect=dict) if Path(model_dir, "config.json").is_file() else {}
     name = (config.get("architectures") or ["RoFormerModel"])[0]
     cls = getattr(heads, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, heads.RoFormerPreTrainedModel)):

@@ -74,12 +74,17 @@ def fingerprint(data) -> str:
     return f"{len(data)} items, crc32 {zlib.crc32(json.dumps(data, ensure_ascii=False).encode()):08x}"
 
 
-def read_json(path: str | Path):
-    """A JSON file's content; a malformed file is a ValueError that names it."""
+def read_json(path: str | Path, expect: type | None = None):
+    """A JSON file's content; a malformed file, or one whose top level is not of type ``expect`` (e.g. dict for a
+    config.json), is a ValueError that names it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"{path} is not valid JSON ({e})") from None
+    if expect is not None and not isinstance(value, expect):
+        kind = {dict: "an object", list: "a list"}.get(expect, expect.__name__)
+        raise InvalidArgument(f"{path} must hold {kind} at its top level, got {type(value).__name__}")
+    return value
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

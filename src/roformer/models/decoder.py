@@ -21,6 +21,8 @@ from ..linear_attention import LinearAttention
 from ..position import POSITIONS, build_position
 from ..rope_scaling import NO_CACHE, model_rope_base
 from ..train.losses import token_cross_entropy
+from .fields import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, PROBABILITY, check_fields
+from .inputs import check_token_ids
 from .roformer import ModelOutput
 from .saving import load_model_dir, save_model_dir
 
@@ -49,6 +51,10 @@ class DecoderConfig:
     tie_word_embeddings: bool = True
 
     def __post_init__(self):
+        check_fields(self, {"vocab_size": POSITIVE, "hidden_size": POSITIVE, "num_layers": POSITIVE,
+                            "num_heads": POSITIVE, "intermediate_size": POSITIVE, "dropout": PROBABILITY,
+                            "layer_norm_eps": POSITIVE_FLOAT, "max_positions": POSITIVE, "rope_theta": POSITIVE_FLOAT,
+                            "num_features": POSITIVE, "redraw_interval": NON_NEGATIVE})
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.position not in POSITIONS:
@@ -105,8 +111,7 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, kv_cache: KVCache | None = None) -> ModelOutput:
         """``labels`` are the input ids (shifted inside): position t is scored on token t+1."""
-        if input_ids.ndim != 2 or input_ids.is_floating_point():
-            raise InvalidArgument(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)}")
+        check_token_ids(input_ids, self.config.vocab_size)
         if kv_cache is not None and self.config.attention != "softmax":
             raise InvalidArgument("linear attention keeps no KV cache; call without kv_cache")
         if kv_cache is not None and not self.position.allows_kv_cache:

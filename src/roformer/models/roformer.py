@@ -26,6 +26,8 @@ from ..io import read_json
 from ..layers import TransformerBlock, activation
 from ..position import POSITIONS, build_position
 from ..rope_scaling import NO_CACHE, model_rope_base
+from .fields import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, PROBABILITY, check_fields
+from .inputs import check_attention_mask, check_token_ids
 
 __all__ = [
     "RoFormerConfig",
@@ -70,6 +72,13 @@ class RoFormerConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other config.json keys, kept as read
 
     def __post_init__(self):
+        check_fields(self, {"vocab_size": POSITIVE, "embedding_size": POSITIVE, "hidden_size": POSITIVE,
+                            "num_hidden_layers": POSITIVE, "num_attention_heads": POSITIVE,
+                            "intermediate_size": POSITIVE, "hidden_dropout_prob": PROBABILITY,
+                            "attention_probs_dropout_prob": PROBABILITY, "max_position_embeddings": POSITIVE,
+                            "type_vocab_size": POSITIVE, "initializer_range": NON_NEGATIVE,
+                            "layer_norm_eps": POSITIVE_FLOAT, "pad_token_id": (0, self.vocab_size, False, True),
+                            "num_labels": POSITIVE, "rope_theta": POSITIVE_FLOAT})
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
         if self.hidden_size % self.num_attention_heads:
@@ -133,7 +142,7 @@ class RoFormerConfig:
         path = Path(directory) / "config.json"
         if not path.is_file():
             raise MissingFile(f"no config.json in {directory}: not a saved model directory")
-        config = read_json(path)
+        config = read_json(path, expect=dict)
         found = config.get("model_type", "roformer")
         if found in ("roformer-decoder", "roformer-seq2seq"):
             kind = "DecoderLM" if found == "roformer-decoder" else "Seq2SeqTransformer"
@@ -350,18 +359,24 @@ class RoFormerModel(RoFormerPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise InvalidArgument("give exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
-            if input_ids.ndim != 2 or input_ids.is_floating_point():
-                raise InvalidArgument(f"input_ids must be a (batch, seq) integer tensor, got {input_ids.dtype} "
-                                      f"{tuple(input_ids.shape)}")
+            check_token_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.word_embeddings(input_ids)
+        elif inputs_embeds.ndim != 3 or inputs_embeds.shape[1] == 0:
+            raise InvalidArgument(f"inputs_embeds must be (batch, seq, hidden) with seq >= 1, got "
+                                  f"{tuple(inputs_embeds.shape)}")
         batch, seq = inputs_embeds.shape[:2]
         if token_type_ids is None:
             x = inputs_embeds + self.token_type_embeddings.weight[0]
         else:
+            check_token_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
+            if token_type_ids.shape != (batch, seq):
+                raise InvalidArgument(f"token_type_ids must be (batch, seq) = ({batch}, {seq}) like the input, got "
+                                      f"{tuple(token_type_ids.shape)}")
             x = inputs_embeds + self.token_type_embeddings(token_type_ids)
         if kv_cache is not None and not self.position.allows_kv_cache:
             raise InvalidArgument(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         offset = kv_cache.seq_len if kv_cache is not None else 0
+        check_attention_mask(attention_mask, batch, offset + seq)
         if position_ids is not None and self.config.position != "rope":
             raise InvalidArgument(f"position_ids need position='rope'; {self.config.position!r} takes none")
         x = self.position.embed(x, offset)  # absolute schemes, as in BERT

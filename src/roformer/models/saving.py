@@ -33,7 +33,7 @@ def load_model_dir(cls, config_cls, directory: str | Path, model_type: str):
     path = directory / "config.json"
     if not path.is_file():
         raise MissingFile(f"no config.json in {directory}: not a saved model directory")
-    config = read_json(path)
+    config = read_json(path, expect=dict)
     found = config.pop("model_type", None)
     if found != model_type:
         raise InvalidArgument(f"{directory} holds a {found!r} model, not a {cls.__name__} ({model_type!r})")

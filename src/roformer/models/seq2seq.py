@@ -24,6 +24,8 @@ from ..errors import InvalidArgument
 from ..layers import DecoderBlock, TransformerBlock
 from ..position import POSITIONS, SinusoidalAbsolute, build_position
 from ..train.losses import token_cross_entropy
+from .fields import POSITIVE, POSITIVE_FLOAT, PROBABILITY, check_fields
+from .inputs import check_attention_mask, check_token_ids
 from .roformer import ModelOutput
 from .saving import load_model_dir, save_model_dir
 
@@ -52,6 +54,10 @@ class Seq2SeqConfig:
     eos_token_id: int = 2
 
     def __post_init__(self):
+        check_fields(self, {"vocab_size": POSITIVE, "hidden_size": POSITIVE, "encoder_layers": POSITIVE,
+                            "decoder_layers": POSITIVE, "num_heads": POSITIVE, "intermediate_size": POSITIVE,
+                            "dropout": PROBABILITY, "attention_dropout": PROBABILITY, "layer_norm_eps": POSITIVE_FLOAT,
+                            "max_positions": POSITIVE, "rope_theta": POSITIVE_FLOAT, "shaw_max_distance": POSITIVE})
         if self.position not in POSITIONS:
             raise InvalidArgument(f"unknown position encoding {self.position!r}; use one of {', '.join(POSITIONS)}")
         if self.hidden_size % self.num_heads:
@@ -107,11 +113,9 @@ class Seq2SeqTransformer(nn.Module):
 
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Encoder output (batch, src_len, hidden). ``src_mask``: 1 for real tokens, 0 for padding."""
-        if src_ids.ndim != 2 or src_ids.is_floating_point():
-            raise InvalidArgument(f"src_ids must be a (batch, seq) integer tensor, got {tuple(src_ids.shape)}")
-        if src_ids.shape[1] == 0:
-            raise InvalidArgument("src_ids is empty: a source needs at least one token (e.g. its end-of-sentence)")
+        check_token_ids(src_ids, self.config.vocab_size, "src_ids")
         seq = src_ids.shape[1]
+        check_attention_mask(src_mask, src_ids.shape[0], seq, "src_mask")
         x = self._embed(src_ids, self.encoder_position, 0)
         pos = self.encoder_position.attention(seq, seq, 0, x.device)
         bias = attention_bias(src_mask, seq, seq, False, x.dtype, x.device)
@@ -124,6 +128,7 @@ class Seq2SeqTransformer(nn.Module):
         """Next-token logits (batch, tgt_len, vocab) for target prefixes ``tgt_ids`` (starting with BOS).
         Targets are right-padded, so the causal mask alone keeps padding out of every real position. With a
         ``kv_cache`` only the new tokens are fed and the cached ones are reused."""
+        check_token_ids(tgt_ids, self.config.vocab_size, "tgt_ids")
         seq = tgt_ids.shape[1]
         offset = kv_cache.seq_len if kv_cache is not None else 0
         x = self._embed(tgt_ids, self.decoder_position, offset)

@@ -211,11 +211,7 @@ class RunDirectory:
         path = self.path / name
         if not path.is_file():
             return None
-        value = read_json(path)
-        if not isinstance(value, dict):
-            raise RunConflict(f"{path} does not hold a run record (a JSON object); it is not a run directory of "
-                              "roformer")
-        return value
+        return read_json(path, expect=dict)
 
     def _checkpoint_record(self) -> tuple[dict | None, dict | None]:
         """(identity, settings) stored in the newest readable checkpoint, for a run directory whose run.json and

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from ..errors import InvalidArgument, RoformerError, RunConflict
 from ..io import atomic_write_text, read_json, read_jsonl
+from ..models.fields import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, check_fields
 from .checkpoint import (
     CorruptCheckpoint,
     UnsafeCheckpoint,
@@ -83,6 +84,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, {"max_steps": POSITIVE, "grad_accum": POSITIVE, "lr": POSITIVE_FLOAT, "eps": POSITIVE_FLOAT,
+                            "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+                            "min_lr_ratio": (0.0, 1.0, False, False), "clip_grad_norm": POSITIVE_FLOAT,
+                            "eval_every": NON_NEGATIVE, "save_every": NON_NEGATIVE, "keep_last": NON_NEGATIVE,
+                            "log_every": POSITIVE, "seed": NON_NEGATIVE})
         if self.schedule not in SCHEDULES:
             raise InvalidArgument(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -171,6 +177,9 @@ class Trainer:
             self.optimizer,
             lambda step: lr_multiplier(c.schedule, step, c.warmup_steps, c.max_steps, c.lr, c.min_lr_ratio),
         )
+        # fp16 autocast: gradients of small losses underflow in float16; the scaler multiplies the loss before the
+        # backward pass and skips an update whose gradients overflowed (lowering the scale), as torch.amp does
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.dtype == "float16")
         self.ddp = None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -198,6 +207,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
+            "scaler": self.scaler.state_dict(),
             "train_config": dataclasses.asdict(self.config),
             "identity": self.identity,  # compared on resume when run.json is gone
         }
@@ -217,6 +227,8 @@ class Trainer:
                 state = load_checkpoint(path, self.model)
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
+                if state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
                 set_rng_state(state["rng"])  # python/numpy; torch is reseeded from the step in the loop
             except (CorruptCheckpoint, UnsafeCheckpoint, KeyError, IndexError, TypeError) as e:
                 # truncated, damaged or refused: the previous checkpoint may still be good
@@ -274,7 +286,9 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, lr: float) -> None:
         """Stop before an update whose loss or gradients are not finite (one host sync per update): it would make
         every weight NaN, and a checkpoint saved after it would replace the finite ones."""
-        if grad_norm is None:  # not clipped: the norm is still needed to see an inf/NaN gradient
+        if self.scaler.is_enabled():  # fp16: an overflowing gradient is the scaler's to skip (it lowers the scale);
+            grad_norm = loss.new_zeros(())  # the loss must still be finite
+        elif grad_norm is None:  # not clipped: the norm is still needed to see an inf/NaN gradient
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
                 if grads else loss.new_zeros(())
@@ -339,15 +353,17 @@ class Trainer:
                     sync = self.ddp is None or micro == c.grad_accum - 1
                     with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
                         loss, n = self.loss_fn(net, batch)
-                    (loss / c.grad_accum).backward()
+                    self.scaler.scale(loss / c.grad_accum).backward()
                     loss_sum += loss.detach().float()
                     tokens += n
                 grad_norm = None
+                self.scaler.unscale_(self.optimizer)
                 if c.clip_grad_norm:
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
                 lr = self.scheduler.get_last_lr()[0]
                 self._check_finite(loss_sum / c.grad_accum, grad_norm, lr)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+                self.scaler.update()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
