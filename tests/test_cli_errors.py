@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -319,3 +320,79 @@ def test_only_the_projects_own_errors_are_user_errors(monkeypatch, capsys, error
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("roformer: error: ")
     assert ("internal error" in lines[0] and "--debug" in lines[0]) == (code == 1), lines[0]
+
+
+@pytest.fixture(scope="module")
+def masked_model(tmp_path_factory):
+    return tiny_encoder_dir(tmp_path_factory.mktemp("masked") / "m",
+                            train_wordpiece(["the cat sat on the mat", "rotary position embedding"] * 50, 120))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("num_attention_heads", 0, ("num_attention_heads must be in [1",)),
+    ("hidden_size", "64", ("hidden_size must be an integer", "'64'")),
+    ("vocab_size", 256.0, ("vocab_size must be an integer", "256.0")),
+    ("hidden_dropout_prob", -0.5, ("hidden_dropout_prob must be in [0.0, 1.0)",)),
+    ("rope_theta", -1, ("rope_theta",)),
+    (None, [1, 2], ("config.json must hold an object", "list")),
+])
+def test_a_bad_config_json_is_one_line_naming_the_field(tmp_path, masked_model, key, value, words):
+    model = tmp_path / "model"
+    shutil.copytree(masked_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(value if key is None else {**config, key: value}))
+    assert_error(run("fill-mask", "the [MASK] sat", "--model", model), *words)
+
+
+def test_damaged_or_foreign_files_are_named(tmp_path, masked_model):
+    model = tmp_path / "model"
+    shutil.copytree(masked_model, model)
+    text = (model / "tokenizer.json").read_text()
+    (model / "tokenizer.json").write_text(text[: len(text) // 2])
+    assert_error(run("fill-mask", "the [MASK]", "--model", model), str(model / "tokenizer.json"), "truncated")
+    # only a pickle checkpoint: weights_only refuses what is not tensors, in one line of our own
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(masked_model / "config.json", pickled)
+    shutil.copy(masked_model / "tokenizer.json", pickled)
+    torch.save({"roformer.x": hashlib.sha256}, pickled / "pytorch_model.bin")
+    assert_error(run("fill-mask", "the [MASK]", "--model", pickled), "pytorch_model.bin", "refused")
+    torch.save([1, 2], pickled / "pytorch_model.bin")
+    assert_error(run("fill-mask", "the [MASK]", "--model", pickled), "does not hold a state dict")
+
+
+def test_text_and_paths_that_are_not_utf8_and_outputs_are_refused_before_any_work(tmp_path, masked_model,
+                                                                                  byte_model):
+    def run_bytes(*args, stdin=None):
+        return subprocess.run([ROFORMER.encode(), *args], capture_output=True, input=stdin, timeout=300)
+
+    for args in ([b"fill-mask", b"the [MASK] \xff sat", b"--model", bytes(masked_model)],
+                 [b"generate", b"--model", bytes(byte_model), b"--prompt", b"ab\xffc"],
+                 [b"decay", b"--out", bytes(tmp_path) + b"/runs/\xff"],
+                 [b"train", b"--preset", b"smoke", b"--out", bytes(tmp_path) + b"/\xffrun"]):
+        result = run_bytes(*args)
+        assert result.returncode == 2, result
+        lines = result.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "not valid UTF-8" in lines[0] and "0xff" in lines[0], lines
+    assert not any(b"\xff" in bytes(p) for p in tmp_path.rglob("*"))  # nothing was created
+    assert_error(run("export", "--model", masked_model, "--out", tmp_path), "is a directory", "file name")
+    assert_error(run("export", "--model", masked_model, "--out", "/proc/roformer-test/m.onnx"), "/proc/roformer-test")
+    assert_error(run("fill-mask", "the [MASK]", "--model", masked_model, "--top-k", "100000"),
+                 "top_k must be from 1 to the vocabulary size")
+    assert_error(run("decay", "--max-distance", str(10**11)), "--max-distance", "at most 1000000")
+
+
+def test_non_utf8_sentences_for_translate_are_named(tmp_path):
+    from roformer.data.tokenizer import save_tokenizer, train_bpe
+    from roformer.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+
+    tok = train_bpe(["a small house", "ein kleines haus"] * 20, 60, ["<pad>", "<s>", "</s>"])
+    model = tmp_path / "mt"
+    Seq2SeqTransformer(Seq2SeqConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, encoder_layers=1,
+                                     decoder_layers=1, num_heads=2, intermediate_size=32)).save_pretrained(model)
+    save_tokenizer(tok, model)
+    result = subprocess.run([ROFORMER, "translate", "--model", str(model), "--greedy"], input=b"a house\n\xff b\n",
+                            capture_output=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == ("roformer: error: standard input is not valid UTF-8 (byte 0xff on "
+                                              "line 2); give the sentences in UTF-8")

@@ -73,9 +73,37 @@ def _device(text: str) -> str:
     return text
 
 
+def _utf8(text: str, what: str = "the text") -> str:
+    """A command-line argument that must be text: Python gives undecodable bytes as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = text[e.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(f"{what} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 "
+                                         f"(byte 0x{byte.hex()} at {e.start}); give it in UTF-8") from None
+    return text
+
+
+def _writable_parent(text: str, path: Path) -> None:
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {existing} is a file, so no directory can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: {existing} is not writable")
+
+
+def _out_file(text: str) -> str:
+    """An output file: not a directory, in a place this process can write to (checked before any work)."""
+    path = Path(_utf8(text, "the path"))
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name, e.g. {path / 'model.onnx'}")
+    _writable_parent(text, path)
+    return text
+
+
 def _out_dir(text: str) -> str:
     """An output directory: absent (it is created), or an existing directory this process can write to."""
-    path = Path(text)
+    path = Path(_utf8(text, "the path"))
     existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
     if existing == path and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is an existing file, not a directory")
@@ -189,9 +217,14 @@ def _translate(args: argparse.Namespace) -> None:
 
     model = Seq2SeqTransformer.from_pretrained(args.model).to(args.device)
     tok = load_tokenizer(args.model)
-    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    with source:
-        lines = source.read().splitlines()
+    where = args.input or "standard input"
+    data = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"{where} is not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line}); give the "
+                         "sentences in UTF-8") from None
     beam = 1 if args.greedy else args.beam
     for line in translate_lines(model, tok, lines, beam, args.length_penalty, args.batch_size,
                                 args.max_source_tokens):
@@ -305,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("generate", help="sample text from a trained byte-level causal LM")
     p.add_argument("--model", default="runs/enwik8/model", help="saved model directory")
-    p.add_argument("--prompt", default="The history of ")
+    p.add_argument("--prompt", default="The history of ", type=_utf8)
     p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=300)
     p.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=0.8, help="0 for greedy decoding")
     p.add_argument("--top-k", type=POSITIVE_INT, default=40, help="sample from the k most likely bytes")
@@ -314,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     p = verbs.add_parser("fill-mask", help="show a masked LM's predictions for each [MASK] in a sentence")
-    p.add_argument("text", help='e.g. "the capital of france is [MASK] ."')
+    p.add_argument("text", type=_utf8, help='e.g. "the capital of france is [MASK] ."')
     p.add_argument("--model", default="reports/mlm/roformer/seed0/model", help="saved model directory with "
                    "tokenizer")
     p.add_argument("--top-k", type=POSITIVE_INT, default=5)
@@ -323,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", help="export a saved RoFormer (any head) to ONNX or torch.export, checked")
     p.add_argument("--model", required=True, help="saved model directory (ours or HuggingFace's)")
     p.add_argument("--format", default="onnx", choices=("onnx", "torch"), help="onnx (onnxruntime) | torch (.pt2)")
-    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--out", required=True, type=_out_file, help="output file, e.g. model.onnx")
     p.add_argument("--check-length", type=POSITIVE_INT, default=300, help="tokens per row of the check batch")
     p.set_defaults(func=_export)
 

@@ -70,6 +70,10 @@ class FavorFeatures(nn.Module):
 
     def __init__(self, head_dim: int, num_features: int | None = None, redraw_interval: int = 1000):
         super().__init__()
+        for name, value, low in (("head_dim", head_dim, 1), ("num_features", num_features, 1),
+                                 ("redraw_interval", redraw_interval, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InvalidArgument(f"FavorFeatures {name} must be an integer >= {low}, got {value!r}")
         self.head_dim = head_dim
         self.num_features = num_features or head_dim
         if self.num_features % 2:

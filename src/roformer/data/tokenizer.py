@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ..errors import InvalidArgument, MissingFile
+from ..io import read_json
 
 __all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "ChineseTokenizer", "RoFormerTokenizer",
            "save_tokenizer", "load_tokenizer", "check_tokenizer"]
@@ -99,16 +100,20 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
     directory = Path(directory)
     path, vocab, settings = directory / "tokenizer.json", directory / "vocab.txt", directory / "tokenizer_config.json"
-    config = json.loads(settings.read_text()) if settings.is_file() else {}
+    config = read_json(settings, expect=dict) if settings.is_file() else {}
     if config.get("roformer_tokenizer") == "char":
         return ChineseTokenizer.load(directory)
     if vocab.is_file() and (config.get("tokenizer_class") == "RoFormerTokenizer" or "roformer_tokenizer" in config
                             or RoFormerTokenizer.is_word_vocabulary(_read_vocab(vocab))):
         return RoFormerTokenizer.load(directory)
     if path.is_file():
-        return Tokenizer.from_file(str(path))
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise InvalidArgument(f"{path} is not a readable tokenizer ({e}); it may be truncated: save or download "
+                                  "it again") from None
     if vocab.is_file():
-        lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
+        lowercase = read_json(settings, expect=dict).get("do_lower_case", True) if settings.is_file() else True
         tok = Tokenizer(models.WordPiece.from_file(str(vocab), unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -244,7 +249,7 @@ class RoFormerTokenizer(_Vocabulary):
     def load(cls, directory: str | Path) -> RoFormerTokenizer:
         directory = Path(directory)
         settings = directory / "tokenizer_config.json"
-        lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
+        lowercase = read_json(settings, expect=dict).get("do_lower_case", True) if settings.is_file() else True
         return cls(_read_vocab(directory / "vocab.txt"), lowercase)
 
 
@@ -331,5 +336,5 @@ class ChineseTokenizer(_Vocabulary):
     @classmethod
     def load(cls, directory: str | Path) -> ChineseTokenizer:
         directory = Path(directory)
-        config = json.loads((directory / "tokenizer_config.json").read_text())
+        config = read_json(directory / "tokenizer_config.json", expect=dict)
         return cls(_read_vocab(directory / "vocab.txt"), word_level=config["roformer_tokenizer"] == "jieba-word")

@@ -30,7 +30,7 @@ from ..data.padding import right_pad
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..errors import InvalidArgument, MissingFile
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, read_json
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table, seed_rows
 from ..train import RunDirectory, TrainConfig, Trainer, is_main_process
@@ -142,7 +142,7 @@ def encoder_fingerprint(model_dir: Path) -> str:
     ``train_seeds`` writes it) is known by that record: a run trained again from a fresh clone must end at it
     (``Trainer.fit(recorded=...)``). Any other directory is known by the SHA-256 of its weights."""
     record = model_dir.parent / "summary.json"
-    if record.is_file() and "final" in json.loads(record.read_text()):
+    if record.is_file() and "final" in read_json(record, expect=dict):
         return f"record {hashlib.sha256(record.read_bytes()).hexdigest()[:16]}"
     digest = hashlib.sha256()
     for path in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
@@ -216,7 +216,7 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     model_dir, out = Path(model_dir), Path(out)
     metric = TASKS[task].metric
     tok = load_tokenizer(model_dir)  # a mismatched encoder is an error whether or not the task's data is here
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_json(model_dir / "config.json", expect=dict)
     check_tokenizer(tok, config["vocab_size"], config.get("pad_token_id", 0), model_dir, required=("[CLS]", "[SEP]"))
     try:
         data: TaskData = load_task(task, data_dir)

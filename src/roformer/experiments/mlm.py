@@ -190,6 +190,8 @@ def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tup
     model = RoFormerForMaskedLM.from_pretrained(model_dir).eval()
     tok = load_tokenizer(model_dir)
     check_tokenizer(tok, model.config.vocab_size, model.config.pad_token_id, model_dir, required=("[MASK]",))
+    if not 1 <= top_k <= model.config.vocab_size:
+        raise InvalidArgument(f"top_k must be from 1 to the vocabulary size {model.config.vocab_size}, got {top_k}")
     mask_id = tok.token_to_id("[MASK]")
     enc = tok.encode(text)
     ids = torch.tensor([enc.ids])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -145,7 +146,16 @@ def _read_weights(directory: Path) -> dict[str, Tensor]:
     if st.is_file():
         return read_safetensors(st)
     if pt.is_file():
-        return torch.load(pt, map_location="cpu", weights_only=True)
+        try:
+            weights = torch.load(pt, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise InvalidArgument(f"{pt}: refused, the pickle holds objects other than tensors, and loading it could "
+                                  "run code; convert the checkpoint to model.safetensors where it was made") from None
+        except Exception as e:  # truncated or not a torch file
+            raise InvalidArgument(f"{pt} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        if not (isinstance(weights, dict) and all(isinstance(v, Tensor) for v in weights.values())):
+            raise InvalidArgument(f"{pt} does not hold a state dict (names to tensors)")
+        return weights
     raise MissingFile(f"no model.safetensors (or pytorch_model.bin) in {directory}")
 
 

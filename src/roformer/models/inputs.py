@@ -20,7 +20,7 @@ def check_token_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> No
         raise InvalidArgument(f"{name} must be a (batch, seq) integer tensor, got {ids.dtype} {tuple(ids.shape)}")
     if ids.numel() == 0:
         raise InvalidArgument(f"{name} is empty (shape {tuple(ids.shape)}): give at least one token per row")
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling():
         return
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab_size:
