@@ -71,6 +71,7 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_killed_ones_lock_is
         # a directory inside one another process is writing is refused too
         line = one_line(roformer("pretrain", "--corpus", corpus, "--preset", "smoke", "--out", out / "inner"))
         assert "in use by another process" in line and "inside it" in line
+        assert not (out / "inner").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

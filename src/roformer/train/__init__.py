@@ -8,7 +8,6 @@ from .trainer import (
     NonFiniteLoss,
     TrainConfig,
     Trainer,
-    check_same_run,
     init_distributed,
     is_main_process,
     preset_train_config,
@@ -16,4 +15,4 @@ from .trainer import (
 
 __all__ = ["TrainConfig", "Trainer", "preset_train_config", "build_optimizer", "lr_multiplier",
            "token_cross_entropy", "average_checkpoints", "latest_checkpoint", "list_checkpoints",
-           "init_distributed", "is_main_process", "check_same_run", "NonFiniteLoss", "DiskFull", "RunDirectory"]
+           "init_distributed", "is_main_process", "NonFiniteLoss", "DiskFull", "RunDirectory"]

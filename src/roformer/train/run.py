@@ -97,9 +97,9 @@ class RunDirectory:
 
     # -- the lock -----------------------------------------------------------------------------------------
     def __enter__(self) -> RunDirectory:
-        self.path.mkdir(parents=True, exist_ok=True)
         self._key = key = self.path.resolve()
         if not _main_process():
+            self.path.mkdir(parents=True, exist_ok=True)
             return self
         if key in _HELD:
             _HELD[key].count += 1
@@ -107,6 +107,7 @@ class RunDirectory:
         for parent in key.parents:  # a directory inside one that another process is writing
             if parent not in _HELD and (parent / LOCK).is_file():
                 self._check_free(parent)
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:  # ELOOP: a symbolic link in its place
@@ -202,10 +203,6 @@ class RunDirectory:
         atomic_write_text(self.path / IDENTITY, json.dumps(held.identity, indent=2))
         if settings is not None:
             atomic_write_text(self.path / SETTINGS, json.dumps(settings, indent=2))
-
-    @property
-    def identity(self) -> dict:
-        return dict(self._held().identity)
 
     def _read(self, name: str) -> dict | None:
         path = self.path / name

@@ -36,8 +36,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import InvalidArgument, RoformerError, RunConflict
-from ..io import atomic_write_text, read_json, read_jsonl
+from ..errors import InvalidArgument, RoformerError
+from ..io import atomic_write_text, read_jsonl
 from ..models.fields import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, check_fields
 from .checkpoint import (
     CorruptCheckpoint,
@@ -51,9 +51,9 @@ from .checkpoint import (
     set_rng_state,
 )
 from .optim import SCHEDULES, build_optimizer, lr_multiplier
-from .run import RESUMABLE_SETTINGS, RunDirectory, differences
+from .run import RunDirectory
 
-__all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "check_same_run", "init_distributed", "is_main_process",
+__all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "init_distributed", "is_main_process",
            "preset_train_config"]
 
 
@@ -123,19 +123,6 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
 
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def check_same_run(run_dir: str | Path, config: dict, identity: dict) -> None:
-    """Refuse to continue (or reuse) a run directory whose saved ``train_config.json`` and ``run.json`` differ
-    from this command's settings and identity: one error naming every difference."""
-    differ = []
-    for name, current, ignore in (("train_config.json", config, RESUMABLE_SETTINGS), ("run.json", identity, ())):
-        path = Path(run_dir) / name
-        if path.is_file():
-            differ += differences(read_json(path), current, ignore)
-    if differ:
-        raise RunConflict(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(differ)})"
-                          ". Run without --resume into another --out, or repeat the original command")
 
 
 def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
