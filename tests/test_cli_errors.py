@@ -396,3 +396,10 @@ def test_non_utf8_sentences_for_translate_are_named(tmp_path):
     assert result.returncode == 2
     assert result.stderr.decode().strip() == ("roformer: error: standard input is not valid UTF-8 (byte 0xff on "
                                               "line 2); give the sentences in UTF-8")
+
+
+def test_a_corpus_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"first document\n\nsecond \xff document\n")
+    assert_error(run("pretrain", "--corpus", corpus, "--preset", "smoke", "--out", tmp_path / "run"),
+                 str(corpus), "not valid UTF-8", "0xff on line 3")

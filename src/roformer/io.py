@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import InvalidArgument
 
-__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "sha256_file", "fingerprint", "read_json",
+__all__ = ["atomic_write", "atomic_write_text", "umask_mode", "sha256_file", "fingerprint", "read_text", "read_json",
            "read_jsonl", "read_safetensors", "cache_root"]
 
 ENV_CACHE = "ROFORMER_CACHE"
@@ -62,6 +62,17 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content; one that is not UTF-8 is a ValueError naming the file, the line and the byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InvalidArgument(f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line}); convert it "
+                              "to UTF-8") from None
 
 
 def fingerprint(data) -> str:

@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..io import read_text
 from .registry import resolve
 
 __all__ = ["load_chinese_documents", "load_scm", "load_thucnews"]
@@ -27,7 +28,7 @@ _CHAPTER = re.compile(r"^\s*第[一二三四五六七八九十百零〇\d]+回",
 
 
 def _documents(path: Path) -> list[str]:
-    name, text = path.name, path.read_text(encoding="utf-8")
+    name, text = path.name, read_text(path)
     if name.endswith("_ground_truth.json"):  # CJRC: one judgement per paragraph entry
         return [p["context"] for d in json.loads(text)["data"] for p in d["paragraphs"]]
     if name.startswith("zhwiki"):
@@ -112,7 +113,7 @@ def document_partition(triplets: list[tuple[str, str, str]], min_eval: int = 40,
 @functools.lru_cache(maxsize=4)
 def _scm_rows(path: str) -> tuple[tuple[str, str, str], ...]:
     rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(read_text(path).splitlines()):
         if not line.strip():
             continue
         r = json.loads(line)
@@ -148,7 +149,7 @@ def load_thucnews(mirror: str | Path | None = None) -> dict[str, list[tuple[str,
     it is 1, else train (about 800 / 100 / 100 of the 1,000)."""
     path = next(iter(resolve("thucnews", mirror).values()))
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "validation": [], "test": []}
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(read_text(path).splitlines()):
         label, tab, article = line.partition("\t")
         if not tab or not label.strip() or not article.strip():
             raise InvalidArgument(f"{path}: line {i + 1} is not 'label<TAB>article'")

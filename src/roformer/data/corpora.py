@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgument
+from ..io import read_text
 from .registry import get, resolve
 
 __all__ = ["load_bytes_corpus", "byte_tensor", "load_articles"]
@@ -53,7 +54,7 @@ def load_articles(name: str = "enwiki", mirror: str | Path | None = None, limit:
     paths = resolve(name, mirror)
     splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for f in get(name).files:
-        text = Path(paths[f.path]).read_text(encoding="utf-8")
+        text = read_text(paths[f.path])
         for title, body in _DOC.findall(text):
             lines = [line for line in body.split("\n")[1:] if line.strip()]
             if not lines:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..io import read_text
 from .registry import resolve
 
 __all__ = ["load_parallel", "token_batches"]
@@ -31,7 +32,7 @@ def load_parallel(name: str, mirror: str | Path | None = None, src: str = "en", 
         for lang in (src, tgt):
             if f"{stem}.{lang}" not in paths:
                 raise InvalidArgument(f"{name} has no {lang} side for {split} ({stem}.{lang})")
-            sides.append(paths[f"{stem}.{lang}"].read_text(encoding="utf-8").rstrip("\n").split("\n"))
+            sides.append(read_text(paths[f"{stem}.{lang}"]).rstrip("\n").split("\n"))
         if len(sides[0]) != len(sides[1]):
             raise InvalidArgument(f"{name} {split}: {len(sides[0])} {src} lines but {len(sides[1])} {tgt} lines")
         out[split] = [(s.strip(), t.strip()) for s, t in zip(*sides, strict=True)]

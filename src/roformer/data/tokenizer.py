@@ -16,7 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ..errors import InvalidArgument, MissingFile
-from ..io import read_json
+from ..io import read_json, read_text
 
 __all__ = ["byte_tokenizer", "train_bpe", "train_wordpiece", "ChineseTokenizer", "RoFormerTokenizer",
            "save_tokenizer", "load_tokenizer", "check_tokenizer"]
@@ -254,8 +254,8 @@ class RoFormerTokenizer(_Vocabulary):
 
 
 def _read_vocab(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.read_text(encoding="utf-8").endswith("\n") \
-        else path.read_text(encoding="utf-8").split("\n")
+    text = read_text(path)
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 
 class ChineseTokenizer(_Vocabulary):

@@ -23,7 +23,7 @@ import torch
 from ..data.corpora import load_articles
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
 from ..errors import InvalidArgument, MissingFile
-from ..io import fingerprint
+from ..io import fingerprint, read_text
 from ..models import RoFormerConfig, RoFormerForMaskedLM
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
 from ..train import RunDirectory, Trainer, is_main_process, preset_train_config
@@ -58,7 +58,7 @@ def _documents(corpus: str, data_dir, limit: int | None) -> dict[str, list[str]]
     path = Path(corpus)
     if not path.is_file():
         raise MissingFile(f"corpus {corpus!r} is neither 'enwiki' nor a text file")
-    docs = [d.strip() for d in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if d.strip()]
+    docs = [d.strip() for d in re.split(r"\n\s*\n", read_text(path)) if d.strip()]
     splits = {"train": [], "validation": []}
     for d in docs:
         splits["validation" if zlib.crc32(d.encode()) % 100 == 0 else "train"].append(d)
