@@ -218,7 +218,8 @@ def _translate(args: argparse.Namespace) -> None:
     model = Seq2SeqTransformer.from_pretrained(args.model).to(args.device)
     tok = load_tokenizer(args.model)
     where = args.input or "standard input"
-    data = Path(args.input).read_bytes() if args.input else sys.stdin.buffer.read()
+    stdin = getattr(sys.stdin, "buffer", None)  # an embedding program may give a text stream
+    data = Path(args.input).read_bytes() if args.input else stdin.read() if stdin else sys.stdin.read().encode()
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
