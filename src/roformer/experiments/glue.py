@@ -306,7 +306,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
     for path in pretrained.values():
         if not (path / "config.json").is_file():
             raise MissingFile(f"no pre-trained model in {path}: run `roformer experiment mlm --out {models}` "
-                                    "first (or pass --models)")
+                              "first (or pass --models)")
     results = {name: {task: finetune_task(path, task, preset, data_dir, out / name.split()[0].lower() / task,
                                           resume, device, dtype, max_steps)
                       for task in tasks}

@@ -239,8 +239,8 @@ class RunDirectory:
                 entry.unlink()
             elif entry.is_dir():
                 shutil.rmtree(entry)
-        for sub in sorted(p for p in self.path.rglob(IDENTITY) if p.parent != self.path):
-            if sub.parent.exists():
+        for sub in sorted(p for p in self.path.rglob(IDENTITY) if p.parent != self.path):  # rglob follows no links
+            if sub.parent.is_dir() and not sub.parent.is_symlink():
                 shutil.rmtree(sub.parent)
         print(f"note: {self.path}: --overwrite: the run that was there is deleted", file=sys.stderr, flush=True)
 
