@@ -36,6 +36,7 @@ from ..io import atomic_write_text, fingerprint
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, mean_std, plot_curves
 from ..train import RunDirectory, TrainConfig, Trainer, is_main_process, preset_train_config
+from ..train.batches import epoch_batches
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset, owns_run
 
@@ -244,15 +245,11 @@ def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run
 def _train_classifier(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, config: TrainConfig,
                       identity: dict, owner: RunDirectory, resume: bool, eval_lengths: tuple[int, ...]) -> dict:
     train, run_dir = task["train"], owner.path
-    steps_per_epoch = config.eval_every
     torch.manual_seed(seed)
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=train.num_labels)
 
-    def batch_fn(step: int, micro: int) -> dict:
-        epoch, i = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1000 * seed + epoch))
-        rows = order[i * m["batch_size"] : (i + 1) * m["batch_size"]].tolist()
-        return {**train.batch(rows, max_len), "targets": train.targets(rows)}
+    batch_fn, _ = epoch_batches(len(train), m["batch_size"], config.grad_accum, lambda epoch: 1000 * seed + epoch,
+                                lambda rows: {**train.batch(rows, max_len), "targets": train.targets(rows)})
 
     def loss_fn(net, batch):
         targets = batch.pop("targets")

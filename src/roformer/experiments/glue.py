@@ -34,6 +34,7 @@ from ..io import atomic_write, atomic_write_text, read_json
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table, seed_rows
 from ..train import RunDirectory, TrainConfig, Trainer, is_main_process
+from ..train.batches import epoch_batches
 from . import choose_preset, owns_run
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
@@ -174,16 +175,12 @@ def _train_once(model_dir: Path, task: str, num_labels: int, train: Encoded, val
                 mismatched: Encoded | None, pad_id: int, p: dict, seed: int, config: TrainConfig, identity: dict,
                 owner: RunDirectory, resume: bool) -> dict:
     regression = TASKS[task].labels is None
-    steps_per_epoch = config.eval_every
     lr, run_dir = config.lr, owner.path
     torch.manual_seed(seed)  # the fresh classifier head
     model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
 
-    def batch_fn(step: int, micro: int) -> dict:
-        epoch, i = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1009 + epoch))
-        rows = order[i * p["batch_size"] : (i + 1) * p["batch_size"]].chunk(config.grad_accum)[micro]
-        return train.batch(rows.tolist(), pad_id)
+    batch_fn, _ = epoch_batches(len(train), p["batch_size"], config.grad_accum, lambda epoch: seed * 1009 + epoch,
+                                lambda rows: train.batch(rows, pad_id))
 
     def loss_fn(net, batch):
         return net(**batch).loss, batch["input_ids"].shape[0]
