@@ -84,6 +84,12 @@ def save_tokenizer(tok, directory: str | Path) -> None:
     atomic_write(Path(directory) / "tokenizer.json", lambda tmp: tok.save(tmp))
 
 
+def save_with_tokenizer(model, tok, directory: str | Path) -> None:
+    """A model directory as transformers expects it: the model's weights and config, and its tokenizer beside."""
+    model.save_pretrained(directory)
+    save_tokenizer(tok, directory)
+
+
 def _bert_template(tok: Tokenizer) -> processors.TemplateProcessing:
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     return processors.TemplateProcessing(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.corpora import byte_tensor, load_bytes_corpus
-from ..data.tokenizer import byte_tokenizer, save_tokenizer
+from ..data.tokenizer import byte_tokenizer, save_with_tokenizer
 from ..models import RoFormerConfig, RoFormerForCausalLM
 from ..report import write_run_report
 from ..train import RunDirectory, TrainConfig, Trainer, is_main_process, preset_train_config
@@ -100,10 +101,6 @@ def _train(c: CharLMConfig, preset: str, data_dir, owner: RunDirectory, resume: 
         bpc = bits_per_character(net, valid, c.seq_len)
         return {"bpc": bpc, "loss": bpc * math.log(2)}
 
-    def save(path: Path) -> None:
-        model.save_pretrained(path)
-        save_tokenizer(byte_tokenizer(), path)
-
     started = time.perf_counter()
     batch_fn = window_batches(train, c.seq_len, c.batch_size, c.train.seed, c.train.grad_accum)
     identity = {"preset": preset, "data": c.data, "model": dataclasses.asdict(model_config(c))}
@@ -112,7 +109,7 @@ def _train(c: CharLMConfig, preset: str, data_dir, owner: RunDirectory, resume: 
     if not is_main_process():
         return final
     model.eval()
-    owner.save_directory("model", save)
+    owner.save_directory("model", functools.partial(save_with_tokenizer, model, byte_tokenizer()))
     sample = generate_text(model, c.sample_prompt, c.sample_bytes, seed=c.train.seed)
     summary = {
         "final": {"validation_bpc": final.get("bpc"), "steps": c.train.max_steps,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..data.chinese import load_chinese_documents, load_scm, load_thucnews
 from ..data.padding import right_pad
-from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer
+from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer, save_with_tokenizer
 from ..errors import InvalidArgument
 from ..io import atomic_write_text, fingerprint
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
@@ -210,7 +210,7 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
                                                                         "accuracy": recorded["MLM accuracy"]})
             if not is_main_process():
                 continue
-            owner.save_directory("model", functools.partial(_save_with_tokenizer, model, tok))
+            owner.save_directory("model", functools.partial(save_with_tokenizer, model, tok))
             # a stage trained again to its recorded end (fit checked it) keeps its record
             r = recorded or {"stage": i, "max length": max_len, "batch size": batch_size, "steps": steps,
                              "MLM loss": final["loss"], "MLM accuracy": final["accuracy"],
@@ -271,11 +271,6 @@ def _train_classifier(model_dir: Path, task: dict, max_len: int, m: dict, seed: 
                 out[f"{split} @{n}"] = 100.0 * sum(correct) / len(correct)
                 out[f"{split} correct @{n}"] = correct
     return out
-
-
-def _save_with_tokenizer(model, tok, path: Path) -> None:
-    model.save_pretrained(path)
-    save_tokenizer(tok, path)
 
 
 @owns_run

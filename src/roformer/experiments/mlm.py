@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..data.corpora import load_articles
-from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
+from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer, save_with_tokenizer, train_wordpiece
 from ..errors import InvalidArgument, MissingFile
 from ..io import fingerprint, read_text
 from ..models import RoFormerConfig, RoFormerForMaskedLM
@@ -97,11 +97,8 @@ def encoder_run(position: str, tok, train, valid, p: dict, train_config) -> Call
         seed_config = dataclasses.replace(train_config, seed=seed)
         functions = masked_lm_functions(tok, train, valid, p["batch_size"], seed_config)
 
-        def save(model, path):
-            model.save_pretrained(path)
-            save_tokenizer(tok, path)
-
-        return SeedRun(RoFormerForMaskedLM(config), seed_config, functions, {"model": config.to_dict()}, save)
+        return SeedRun(RoFormerForMaskedLM(config), seed_config, functions, {"model": config.to_dict()},
+                       lambda model, path: save_with_tokenizer(model, tok, path))
 
     return make
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data.padding import right_pad
 from ..data.parallel import load_parallel, token_batches
-from ..data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from ..data.tokenizer import load_tokenizer, save_tokenizer, save_with_tokenizer, train_bpe
 from ..io import atomic_write_text
 from ..models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from ..report import markdown_table, mean_std, plot_seed_bands, seed_rows
@@ -187,8 +187,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/translatio
     def save_average(model, path: Path) -> None:
         """The model directory holds the average of the run's last 5 checkpoints, as the paper evaluates."""
         model.load_state_dict(average_checkpoints(list_checkpoints(path.parent / "checkpoints")[-5:]))
-        model.save_pretrained(path)
-        save_tokenizer(tok, path)
+        save_with_tokenizer(model, tok, path)
 
     def variant(position: str):
         config = Seq2SeqConfig(vocab_size=tok.get_vocab_size(), position=position, pad_token_id=pad,
