@@ -144,9 +144,25 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
-    """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step). The files are
-    first checked against the SHA-256 digests saved with them (checkpoints of older versions have none), so a
-    damaged byte anywhere is found, not loaded as other numbers."""
+    """Load the weights into ``model`` and return the trainer state (optimizer, scheduler, RNG, step)."""
+    path = Path(path)
+    state = read_trainer_state(path)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if "size mismatch" in str(e):
+            raise InvalidArgument(f"checkpoint {path} was trained with another model shape: {e}") from None
+        raise CorruptCheckpoint(f"checkpoint {path}: model.safetensors is unreadable ({e})") from None
+    if missing or unexpected:
+        raise InvalidArgument(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
+    return state
+
+
+def read_trainer_state(path: Path) -> dict:
+    """The trainer state of a checkpoint (optimizer, scheduler, RNG, step, and the settings and identity of its
+    run). The files are first checked against the SHA-256 digests saved with them (checkpoints of older versions
+    have none), so a damaged byte anywhere is found, not loaded as other numbers; CorruptCheckpoint or
+    UnsafeCheckpoint says why one cannot be used."""
     path = Path(path)
     digests_file = path / _DIGESTS
     if digests_file.is_file():
@@ -170,24 +186,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     if not (isinstance(state, dict) and {"optimizer", "scheduler", "step", "rng"} <= state.keys()
             and isinstance(state["step"], int)):
         raise CorruptCheckpoint(f"checkpoint {path}: trainer_state.pt does not hold a trainer state")
-    try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except (OSError, RuntimeError, SafetensorError) as e:
-        if "size mismatch" in str(e):
-            raise InvalidArgument(f"checkpoint {path} was trained with another model shape: {e}") from None
-        raise CorruptCheckpoint(f"checkpoint {path}: model.safetensors is unreadable ({e})") from None
-    if missing or unexpected:
-        raise InvalidArgument(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
     return state
-
-
-def read_trainer_state(path: Path) -> dict | None:
-    """The trainer state of a checkpoint (settings and identity included), or None when it cannot be read."""
-    try:
-        state = torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=True)
-    except Exception:  # truncated, damaged or refused: the caller tries the previous checkpoint
-        return None
-    return state if isinstance(state, dict) else None
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

@@ -213,12 +213,14 @@ class RunDirectory:
     def _checkpoint_record(self) -> tuple[dict | None, dict | None]:
         """(identity, settings) stored in the newest readable checkpoint, for a run directory whose run.json and
         train_config.json are gone."""
-        from .checkpoint import list_checkpoints, read_trainer_state
+        from .checkpoint import CorruptCheckpoint, UnsafeCheckpoint, list_checkpoints, read_trainer_state
 
         for path in reversed(list_checkpoints(self.path / "checkpoints")):
-            state = read_trainer_state(path)
-            if state is not None:
-                return state.get("identity"), state.get("train_config")
+            try:
+                state = read_trainer_state(path)
+            except (CorruptCheckpoint, UnsafeCheckpoint):  # the previous one may still be good
+                continue
+            return state.get("identity"), state.get("train_config")
         return None, None
 
     def _check_links(self) -> None:
