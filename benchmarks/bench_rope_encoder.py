@@ -1,4 +1,5 @@
-"""RoPE and encoder speed against HuggingFace ``transformers``, measured side by side in one run.
+"""RoPE, encoder, causal-LM training and generation speed against HuggingFace ``transformers``, measured side by
+side in one run.
 
     python benchmarks/bench_rope_encoder.py            # batch 8 x 512 tokens, base size (as in the README)
     python benchmarks/bench_rope_encoder.py --quick    # fewer layers and repeats, for a quick look
@@ -215,6 +216,45 @@ def encoder_rows(args) -> list[tuple]:
     return rows
 
 
+def lm_rows(args) -> list[tuple]:
+    """A training step (forward, backward, AdamW) of a 4-layer causal LM and greedy generation with a KV cache,
+    ours and transformers' RoFormerForCausalLM with the same weights."""
+    config = transformers.RoFormerConfig(
+        vocab_size=30000, hidden_size=768, num_hidden_layers=4, num_attention_heads=12, intermediate_size=3072,
+        max_position_embeddings=max(args.seq, 512), is_decoder=True, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    hf = transformers.RoFormerForCausalLM(config)
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = roformer.RoFormerForCausalLM.from_pretrained(d)
+    ids = torch.randint(1, config.vocab_size, (args.lm_batch, args.seq))
+    optimizers = {m: torch.optim.AdamW(m.parameters(), lr=1e-6) for m in (ours, hf)}
+
+    def step(model):
+        def run():
+            model.train()
+            optimizers[model].zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizers[model].step()
+        return run
+
+    rows = [("causal LM training step fp32 (4 layers)",
+             race({"roformer": step(ours), "huggingface": step(hf)}, args.encoder_rounds, 1))]
+    prompt = ids[:, :32]
+    ours.eval(), hf.eval()
+    with torch.inference_mode():
+        a = ours.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False)
+        b = hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False)
+        assert torch.equal(a, b), "greedy generation differs from transformers'"
+        rows.append((f"greedy generate {args.new_tokens} tokens (4 layers)",
+                     race({"roformer": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False),
+                           "huggingface": lambda: hf.generate(prompt, max_new_tokens=args.new_tokens,
+                                                              do_sample=False)},
+                          args.encoder_rounds, 1)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -224,6 +264,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--encoder-rounds", type=int, default=5)
     parser.add_argument("--skip-bf16", action="store_true")
+    parser.add_argument("--lm-batch", type=int, default=4, help="batch of the causal LM rows")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated in the generation row")
     parser.add_argument("--quick", action="store_true", help="2 layers, fewer rounds")
     parser.add_argument("--rope-only", action="store_true", help="the RoPE rows only, no encoder")
     args = parser.parse_args()
@@ -236,7 +278,7 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, CPU flags of note: {', '.join(flags) or 'none (AVX2)'}")
     print(f"shapes: q, k = ({args.batch}, 12, {args.seq}, 64); encoder: base width, {args.layers} layers, "
           f"batch {args.batch} x {args.seq} tokens\n")
-    rows = rope_rows(args) + form_rows(args) + ([] if args.rope_only else encoder_rows(args))
+    rows = rope_rows(args) + form_rows(args) + ([] if args.rope_only else encoder_rows(args) + lm_rows(args))
     print("| measurement | roformer | huggingface | copy of the inputs | HF / roformer | roformer / copy |")
     print("|---|---|---|---|---|---|")
     for name, t in rows:

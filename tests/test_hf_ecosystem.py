@@ -1,5 +1,5 @@
-"""What a user arriving from `transformers` expects: hub ids (offline, from a hub cache laid out here), output
-objects with HuggingFace's field names, gradient checkpointing, the embedding methods, num_parameters."""
+"""What a user arriving from `transformers` expects: hub ids (offline, from a hub cache laid out here), transformers'
+output objects, gradient checkpointing, the embedding methods, num_parameters, export."""
 
 import pytest
 import torch
@@ -82,15 +82,16 @@ def test_outputs_have_huggingface_field_names(tmp_path):
         torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-5)  # the loss first, as in HF
         torch.testing.assert_close(ours["logits"], theirs["logits"], rtol=1e-5, atol=1e-5)
-    assert ours.keys()[:2] == ["loss", "logits"]
+    assert list(ours.keys())[:2] == ["loss", "logits"]
+    assert isinstance(ours, transformers.modeling_outputs.MaskedLMOutput)  # transformers' own output classes
     with pytest.raises(KeyError, match="start_logits"):
         ours["start_logits"]
     qa = roformer.RoFormerForQuestionAnswering(RoFormerConfig(**CONFIG)).eval()
     out = qa(ids)
     assert out.start_logits.shape == out.end_logits.shape == (2, 7) and out[0] is out.start_logits
     causal = roformer.RoFormerForCausalLM(RoFormerConfig(**CONFIG)).eval()
-    cache = roformer.KVCache(2)
-    assert causal(ids, kv_cache=cache).past_key_values is cache
+    cache = transformers.DynamicCache(config=causal.config)
+    assert causal(ids, cache=cache, use_cache=True).cache is cache and cache.get_seq_length() == 7
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -120,11 +121,12 @@ def test_embedding_methods_and_parameter_count(tmp_path):
     hf = hf_mlm()
     hf.save_pretrained(tmp_path)
     model = RoFormerForMaskedLM.from_pretrained(tmp_path).eval()
-    # HF also counts its fixed sinusoidal table (max_position_embeddings x head_dim, a frozen parameter); we have none
+    # HF also counts its fixed sinusoidal table (max_position_embeddings x head_dim, a frozen parameter); ours is a
+    # buffer, kept so that stock transformers finds it in our checkpoints
     assert model.num_parameters() == hf.num_parameters(only_trainable=True)
     assert hf.num_parameters() - hf.num_parameters(only_trainable=True) == 64 * 16
-    assert model.num_parameters(exclude_embeddings=True) == model.num_parameters() - 97 * 32
-    assert model.get_input_embeddings() is model.roformer.word_embeddings
+    assert model.num_parameters(exclude_embeddings=True) == hf.num_parameters(exclude_embeddings=True)
+    assert model.get_input_embeddings() is model.roformer.embeddings.word_embeddings
     ids = torch.randint(1, 97, (2, 6))
     with torch.no_grad():
         before = model(ids).logits
@@ -138,10 +140,11 @@ def test_embedding_methods_and_parameter_count(tmp_path):
     model.save_pretrained(tmp_path / "resized")
     assert transformers.RoFormerForMaskedLM.from_pretrained(tmp_path / "resized").config.vocab_size == 120
     model.resize_token_embeddings(50)
-    assert model.lm_head.bias.shape == (50,) and model(torch.tensor([[49]])).logits.shape[-1] == 50
+    assert model.cls.predictions.bias.shape == (50,) and model(torch.tensor([[49]])).logits.shape[-1] == 50
     new = torch.nn.Embedding(50, 32)
     model.set_input_embeddings(new)
-    assert model.lm_head.decoder.weight is new.weight
+    model.tie_weights()  # transformers' own way to re-tie after replacing the input embeddings
+    assert model.cls.predictions.decoder.weight is new.weight
 
 
 @pytest.mark.parametrize("head", ["RoFormerForSequenceClassification", "RoFormerForMaskedLM",

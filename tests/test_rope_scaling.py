@@ -229,22 +229,32 @@ def test_cached_decoding_equals_a_full_forward_pass(name, family):
     forward pass over the same prefix. Dynamic NTK and LongRoPE change every position's angles as the sequence
     grows: their models refuse a KV cache, and generate() recomputes the prefix, so that equality holds for them
     too (a cache would not give it: measured 1e-6 apart in float64 with un-rotated keys re-rotated each step)."""
+    from transformers import DynamicCache
+
     from roformer.attention import KVCache
 
     torch.manual_seed(0)
     parameters = _small(CACHE_CASES[name])
     model = _model(family, parameters).double().eval()
     prompt = torch.randint(0, 40, (2, 3))
+
+    def new_cache():  # the RoFormer classes take transformers' caches, the decoder LM its own
+        return KVCache(2) if family == "decoder" else DynamicCache(config=model.config)
+
+    def step(ids, cache):
+        return model(ids, kv_cache=cache) if family == "decoder" else model(ids, cache=cache, use_cache=True)
+
     with torch.no_grad():
-        generated = model.generate(prompt, 20, temperature=0)
+        generated = model.generate(prompt, 20, temperature=0) if family == "decoder" else \
+            model.generate(prompt, max_new_tokens=20, do_sample=False)
         assert torch.equal(generated, sample(model, prompt, 20, 2, temperature=0, use_cache=False))
         if name in ("dynamic", "longrope"):
             with pytest.raises(ValueError, match="KV cache would hold stale keys"):
-                model(prompt, kv_cache=KVCache(2))
+                step(prompt, new_cache())
             return
-        cache = KVCache(2)
-        steps = [model(generated[:, :3], kv_cache=cache).logits[:, -1]]
-        steps += [model(generated[:, t : t + 1], kv_cache=cache).logits[:, -1] for t in range(3, generated.shape[1])]
+        cache = new_cache()
+        steps = [step(generated[:, :3], cache).logits[:, -1]]
+        steps += [step(generated[:, t : t + 1], cache).logits[:, -1] for t in range(3, generated.shape[1])]
         for t, logits in enumerate(steps):
             reference = model(generated[:, : t + 3]).logits[:, -1]
             torch.testing.assert_close(logits, reference, rtol=1e-10, atol=1e-12)

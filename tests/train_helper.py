@@ -9,12 +9,17 @@ ddp / single  : a tiny dropout-free LM for the DDP equivalence test (launched by
 import os
 import signal
 import sys
+from pathlib import Path
 
-import torch
+# run as a script, this file's directory leads sys.path, and tests/kernels would shadow the `kernels` package
+# transformers imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from roformer.experiments import char_lm
-from roformer.models import RoFormerConfig, RoFormerForCausalLM
-from roformer.train import TrainConfig, Trainer
+import torch  # noqa: E402
+
+from roformer.experiments import char_lm  # noqa: E402
+from roformer.models import RoFormerConfig, RoFormerForCausalLM  # noqa: E402
+from roformer.train import TrainConfig, Trainer  # noqa: E402
 
 
 def char_lm_run(out, resume=False, kill_at=None):

@@ -27,7 +27,7 @@ from .rope import apply_rotary
 if TYPE_CHECKING:
     from .position import PositionalAttention
 
-__all__ = ["KVCache", "MultiHeadAttention", "CrossAttention", "attention_bias"]
+__all__ = ["KVCache", "MultiHeadAttention", "CrossAttention", "attend", "attention_bias"]
 
 
 class KVCache:
@@ -44,7 +44,13 @@ class KVCache:
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
         self.seq_len = 0
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def get_seq_length(self, layer: int = 0) -> int:
+        """Cached positions (as ``transformers.Cache.get_seq_length``)."""
+        return self.seq_len
+
+    def update(self, k: Tensor, v: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """Append this step's keys and values (batch, heads, new, head_dim) of ``layer``; all of them so far back.
+        The argument order is that of ``transformers``' caches, which the models accept in its place."""
         if self.keys[layer] is not None:
             k = torch.cat((self.keys[layer], k), dim=-2)
             v = torch.cat((self.values[layer], v), dim=-2)
@@ -117,48 +123,55 @@ class MultiHeadAttention(nn.Module):
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
-        """``pos``: what the position encoding contributes (RoPE's cos/sin, a score bias, Shaw's relative
-        keys), or None. ``bias``: the mask from :func:`attention_bias`. ``is_causal`` alone (no bias) is SDPA's
-        causal fast path for an unpadded, uncached block."""
         batch, seq, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(2)
-        score_bias = None
-        if pos is not None:
-            if pos.rope is not None:
-                cos, sin = pos.rope
-                q = apply_rotary(q, cos, sin, self.interleaved)
-                k = apply_rotary(k, cos, sin, self.interleaved)
-                if self.rotary_value:
-                    v = apply_rotary(v, cos, sin, self.interleaved)
-            score_bias = pos.bias
-            if pos.shaw is not None:  # Shaw et al.'s key term q_m . a^K_(n-m), scaled like q . k
-                shaw_values = pos.shaw.values[layer](pos.shaw_index).to(q.dtype)
-                shaw = torch.einsum("bhqd,qkd->bhqk", q, pos.shaw.keys[layer](pos.shaw_index).to(q.dtype))
-                shaw = shaw / math.sqrt(self.head_dim)
-                score_bias = shaw if score_bias is None else score_bias + shaw
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)
-        if score_bias is not None:
-            if bias is None and is_causal:
-                bias = attention_bias(None, seq, k.shape[-2], True, q.dtype, q.device)
-            bias = score_bias.to(q.dtype) if bias is None else bias.to(q.dtype) + score_bias.to(q.dtype)
-        elif bias is not None:
-            bias = bias.to(q.dtype)
-        if pos is not None and pos.shaw is not None:
-            # and its value term sum_n p_mn a^V_(n-m): the probabilities are needed, so no fused kernel here
-            p = F.dropout(((q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias).softmax(-1), self.dropout,
-                          self.training)
-            y = p @ v + torch.einsum("bhqk,qkd->bhqd", p, shaw_values)
-            return self.out(y.transpose(1, 2).reshape(batch, seq, -1))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and bias is None,
-        )
-        return self.out(y.transpose(1, 2).reshape(batch, seq, -1))
+        y = attend(q, k, v, pos, bias, is_causal, kv_cache, layer, self.dropout if self.training else 0.0,
+                   self.rotary_value, self.interleaved)
+        return self.out(y)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, pos: PositionalAttention | None = None, bias: Tensor | None = None,
+           is_causal: bool = False, kv_cache=None, layer: int = 0, dropout: float = 0.0, rotary_value: bool = False,
+           interleaved: bool = True) -> Tensor:
+    """Eq. 16 from projected q, k, v (batch, heads, seq, head_dim) to the heads' outputs, concatenated
+    (batch, seq, heads * head_dim), before the output projection.
+
+    ``pos``: what the position encoding contributes (RoPE's cos/sin, a score bias, Shaw's relative keys), or
+    None. ``bias``: the mask from :func:`attention_bias`. ``is_causal`` alone (no bias) is SDPA's causal fast
+    path for an unpadded, uncached block. ``kv_cache``: a :class:`KVCache`, or anything with its
+    ``update(k, v, layer)`` (a ``transformers`` cache has it); the rotated keys are cached. ``dropout``: on the
+    attention probabilities (0 at evaluation)."""
+    batch, heads, seq, head_dim = q.shape
+    score_bias = shaw_values = None
+    if pos is not None:
+        if pos.rope is not None:
+            cos, sin = pos.rope
+            q = apply_rotary(q, cos, sin, interleaved)
+            k = apply_rotary(k, cos, sin, interleaved)
+            if rotary_value:
+                v = apply_rotary(v, cos, sin, interleaved)
+        score_bias = pos.bias
+        if pos.shaw is not None:  # Shaw et al.'s key term q_m . a^K_(n-m), scaled like q . k
+            shaw_values = pos.shaw.values[layer](pos.shaw_index).to(q.dtype)
+            shaw = torch.einsum("bhqd,qkd->bhqk", q, pos.shaw.keys[layer](pos.shaw_index).to(q.dtype))
+            shaw = shaw / math.sqrt(head_dim)
+            score_bias = shaw if score_bias is None else score_bias + shaw
+    if kv_cache is not None:
+        k, v = kv_cache.update(k, v, layer)
+    if score_bias is not None:
+        if bias is None and is_causal:
+            bias = attention_bias(None, seq, k.shape[-2], True, q.dtype, q.device)
+        bias = score_bias.to(q.dtype) if bias is None else bias.to(q.dtype) + score_bias.to(q.dtype)
+    elif bias is not None:
+        bias = bias.to(q.dtype)
+    if shaw_values is not None:
+        # and its value term sum_n p_mn a^V_(n-m): the probabilities are needed, so no fused kernel here
+        p = F.dropout(((q @ k.transpose(-1, -2)) / math.sqrt(head_dim) + bias).softmax(-1), dropout, dropout > 0)
+        y = p @ v + torch.einsum("bhqk,qkd->bhqd", p, shaw_values)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout,
+                                           is_causal=is_causal and bias is None)
+    return y.transpose(1, 2).reshape(batch, seq, heads * head_dim)
 
 
 class CrossAttention(nn.Module):

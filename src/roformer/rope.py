@@ -288,7 +288,7 @@ class RotaryEmbedding(nn.Module):
         self.length_dependent = is_length_dependent(self.scaling)
         # the frequencies of a length-independent type, formed once (float64 on CPU; not a buffer, so that
         # .to(bfloat16) on a model never rounds them)
-        self._fixed = None if self.length_dependent else frequencies(self.scaling, dim, self.base)
+        self._fixed = None if self.length_dependent else frequencies(self.scaling, dim, self.base, device="cpu")
         if xpos_scale_base is not None and not (isinstance(xpos_scale_base, int | float) and xpos_scale_base > 0
                                                 and math.isfinite(xpos_scale_base)):
             raise InvalidArgument(f"xpos_scale_base must be a finite number > 0, got {xpos_scale_base!r}")

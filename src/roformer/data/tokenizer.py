@@ -82,6 +82,16 @@ def save_tokenizer(tok, directory: str | Path) -> None:
         tok.save(directory)
         return
     atomic_write(Path(directory) / "tokenizer.json", lambda tmp: tok.save(tmp))
+    # and the tokenizer_config.json transformers reads first: without it, AutoTokenizer picks the tokenizer of the
+    # model type (RoFormer's needs rjieba) instead of this tokenizer.json
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {name: token for name, token in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"),
+                                                   BERT_SPECIALS, strict=True) if tok.token_to_id(token) is not None}
+    config = PreTrainedTokenizerFast(tokenizer_object=tok, **specials).init_kwargs
+    atomic_write(Path(directory) / "tokenizer_config.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", **{k: v for k, v in config.items() if k in specials}},
+        indent=2) + "\n"))
 
 
 def save_with_tokenizer(model, tok, directory: str | Path) -> None:

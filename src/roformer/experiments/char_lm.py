@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from ..data.corpora import byte_tensor, load_bytes_corpus
 from ..data.tokenizer import byte_tokenizer, save_with_tokenizer
@@ -125,18 +126,38 @@ def _train(c: CharLMConfig, preset: str, data_dir, owner: RunDirectory, resume: 
     return summary
 
 
+class _ByteStreamer(BaseStreamer):
+    """A ``transformers`` streamer for a byte-level model: each new byte to ``stream`` as soon as it completes a
+    UTF-8 character (generate gives the prompt first; it was streamed already)."""
+
+    def __init__(self, stream):
+        self.stream, self.prompt_seen = stream, False
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.stream(self.decoder.decode(bytes(value.flatten().tolist())))
+
+    def end(self) -> None:
+        self.stream(self.decoder.decode(b"", final=True))
+
+
 def generate_text(model, prompt: str, n_bytes: int, temperature: float = 0.8, top_k: int | None = 40,
                   seed: int = 0, stream=None) -> str:
-    """Continue ``prompt`` by ``n_bytes`` sampled bytes; undecodable bytes shown as U+FFFD. ``stream``, if
+    """Continue ``prompt`` by ``n_bytes`` bytes through transformers' ``generate``: sampled from
+    softmax(logits / temperature) over the ``top_k`` most likely (greedy when ``temperature == 0``), with the
+    global RNG seeded by ``seed`` inside and restored after; undecodable bytes shown as U+FFFD. ``stream``, if
     given, receives the prompt and then the text as it is generated (complete UTF-8 characters only)."""
     ids = torch.tensor([list(prompt.encode("utf-8"))], device=next(model.parameters()).device)
-    g = torch.Generator(device=ids.device).manual_seed(seed)
-    on_token = None
     if stream is not None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stream(prompt)
-        on_token = lambda next_id: stream(decoder.decode(bytes([int(next_id[0, 0])])))  # noqa: E731
-    out = model.generate(ids, n_bytes, temperature=temperature, top_k=top_k, generator=g, on_token=on_token)
-    if stream is not None:
-        stream(decoder.decode(b"", final=True))
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or 0} if temperature > 0 else \
+        {"do_sample": False}
+    devices = [ids.device] if ids.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_bytes,
+                             streamer=None if stream is None else _ByteStreamer(stream), **sampling)
     return bytes(out[0].tolist()).decode("utf-8", errors="replace")

@@ -184,7 +184,7 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
         stage_dir = out / name / f"stage{i}"
         train_config = preset_train_config({**p["pretrain"], "max_steps": steps, "eval_every": 0}, device, dtype,
                                            save_every=max(1, steps // 4), keep_last=1)
-        identity = {"model": config.to_dict(), "stage": i, "max_len": max_len, "batch_size": batch_size, **data}
+        identity = {"model": config.settings(), "stage": i, "max_len": max_len, "batch_size": batch_size, **data}
         with RunDirectory(stage_dir, resume=resume) as owner:
             owner.begin(identity, dataclasses.asdict(train_config))
             recorded = owner.result("summary.json")  # a finished stage of this run

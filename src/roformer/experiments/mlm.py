@@ -97,7 +97,7 @@ def encoder_run(position: str, tok, train, valid, p: dict, train_config) -> Call
         seed_config = dataclasses.replace(train_config, seed=seed)
         functions = masked_lm_functions(tok, train, valid, p["batch_size"], seed_config)
 
-        return SeedRun(RoFormerForMaskedLM(config), seed_config, functions, {"model": config.to_dict()},
+        return SeedRun(RoFormerForMaskedLM(config), seed_config, functions, {"model": config.settings()},
                        lambda model, path: save_with_tokenizer(model, tok, path))
 
     return make

@@ -23,7 +23,7 @@ from ..rope_scaling import NO_CACHE, model_rope_base
 from ..train.losses import token_cross_entropy
 from .fields import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, PROBABILITY, check_fields
 from .inputs import check_token_ids
-from .roformer import ModelOutput
+from .outputs import ModelOutput
 from .saving import load_model_dir, save_model_dir
 
 __all__ = ["DecoderConfig", "DecoderLM"]
@@ -117,7 +117,7 @@ class DecoderLM(nn.Module):
         if kv_cache is not None and not self.position.allows_kv_cache:
             raise InvalidArgument(NO_CACHE.format(self.config.rope_parameters["rope_type"]))
         seq = input_ids.shape[1]
-        offset = kv_cache.seq_len if kv_cache is not None else 0
+        offset = kv_cache.get_seq_length() if kv_cache is not None else 0
         x = self.dropout(self.position.embed(self.embed(input_ids), offset))
         pos = self.position.attention(seq, offset + seq, offset, x.device)
         bias = None

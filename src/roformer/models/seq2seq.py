@@ -26,7 +26,7 @@ from ..position import POSITIONS, SinusoidalAbsolute, build_position
 from ..train.losses import token_cross_entropy
 from .fields import POSITIVE, POSITIVE_FLOAT, PROBABILITY, check_fields
 from .inputs import check_attention_mask, check_token_ids
-from .roformer import ModelOutput
+from .outputs import ModelOutput
 from .saving import load_model_dir, save_model_dir
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqTransformer"]
@@ -130,7 +130,7 @@ class Seq2SeqTransformer(nn.Module):
         ``kv_cache`` only the new tokens are fed and the cached ones are reused."""
         check_token_ids(tgt_ids, self.config.vocab_size, "tgt_ids")
         seq = tgt_ids.shape[1]
-        offset = kv_cache.seq_len if kv_cache is not None else 0
+        offset = kv_cache.get_seq_length() if kv_cache is not None else 0
         x = self._embed(tgt_ids, self.decoder_position, offset)
         pos = self.decoder_position.attention(seq, offset + seq, offset, x.device)
         self_bias = attention_bias(None, seq, offset + seq, True, x.dtype, x.device) if offset else None
