@@ -7,6 +7,9 @@ REPO = Path(__file__).resolve().parents[1]
 # tests and CI read real data from the shared mirror beside the repository unless told otherwise
 os.environ.setdefault("ROFORMER_DATA_DIR", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("ROFORMER_CACHE", str(REPO / ".pytest_cache" / "roformer-cache"))
+# no test reaches the hub: a name that is not a directory fails at once instead of after the network's timeouts
+# (the hub tests lay out a hub cache and load from it offline)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

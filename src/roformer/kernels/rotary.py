@@ -9,8 +9,10 @@ the same math:
 enlarging it; features past rotary_dim pass through. The out-of-place op returns a contiguous tensor of x's
 dtype; float64 is rotated in float64, every other dtype in float32 and rounded once.
 
-Implementations: on CPU for float32/float64 the one-pass C loop of :mod:`roformer.kernels.cpu`; everywhere
-else (CUDA, half precision, no compiler) :func:`rotary_reference`, the formula written out in PyTorch. The
+Implementations (:func:`implementation` says which a tensor gets): on CPU for float32/float64 the one-pass C
+loop of :mod:`roformer.kernels.cpu`; on CUDA, where Triton imports, the one-pass Triton kernel of
+:mod:`roformer.kernels.triton_rotary` (every float dtype, computed in float32); everywhere else (half precision
+on CPU, no compiler, no Triton) :func:`rotary_reference`, the formula written out in PyTorch. The
 fake (meta) implementation gives compile and export the output's shape; the autograd formula is the
 rotation by -theta (R_m is orthogonal, so the gradient of R_m x is R_m^T g) and saves cos and sin only, not
 the activation, unless cos or sin themselves need a gradient (learnt frequencies).
@@ -18,12 +20,15 @@ the activation, unless cos or sin themselves need a gradient (learnt frequencies
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
-from . import cpu
+from . import cpu, triton_rotary
 
-__all__ = ["rotary", "rotary_", "rotary_into", "rotary_reference", "compute_dtype", "InplaceRotary", "PackedRotary"]
+__all__ = ["rotary", "rotary_", "rotary_into", "rotary_reference", "compute_dtype", "implementation",
+           "InplaceRotary", "PackedRotary"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,14 +56,37 @@ def rotary_reference(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool, con
     return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
 
 
+def implementation(device_type: str, dtype: torch.dtype) -> str:
+    """Which implementation the op runs for a tensor on ``device_type`` of ``dtype``: ``"cpu"`` (the C loop),
+    ``"triton"`` or ``"reference"`` (a kernel may still decline a layout it does not take; the reference runs then).
+    ``ROFORMER_KERNEL=cpu|triton|reference`` forces one (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``:
+    how the tests run the Triton kernel through the whole RoPE API without a GPU)."""
+    forced = os.environ.get("ROFORMER_KERNEL", "auto")
+    if forced in ("cpu", "triton", "reference"):
+        return forced
+    if device_type == "cpu" and dtype in (torch.float32, torch.float64) and cpu.available():
+        return "cpu"
+    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) \
+            and triton_rotary.available():
+        return "triton"
+    return "reference"
+
+
+def _rotate_into(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, interleaved: bool, conjugate: bool) -> bool:
+    """R_m x into ``out`` (which may be x) by the kernel of x's device; False where none took it."""
+    kind, compute = implementation(x.device.type, x.dtype), compute_dtype(x.dtype)
+    if kind == "reference":
+        return False
+    kernel = cpu.rotate if kind == "cpu" else triton_rotary.rotate
+    return kernel(x, cos.to(compute), sin.to(compute), out, interleaved, -1.0 if conjugate else 1.0)
+
+
 @torch.library.custom_op("roformer::rotary", mutates_args=())
 def rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool, conjugate: bool) -> Tensor:
     """R_m x (R_m^T x if ``conjugate``) as a new contiguous tensor."""
-    if x.device.type == "cpu":
-        compute = compute_dtype(x.dtype)
-        out = torch.empty(x.shape, dtype=x.dtype)
-        if cpu.rotate(x, cos.to(compute), sin.to(compute), out, interleaved, -1.0 if conjugate else 1.0):
-            return out
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if _rotate_into(x, cos, sin, out, interleaved, conjugate):
+        return out
     return rotary_reference(x, cos, sin, interleaved, conjugate).contiguous()
 
 
@@ -70,8 +98,7 @@ def _(x, cos, sin, interleaved, conjugate):
 @torch.library.custom_op("roformer::rotary_", mutates_args=("x",))
 def rotary_(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool, conjugate: bool) -> None:
     """R_m x written into x."""
-    compute = compute_dtype(x.dtype)
-    if not cpu.rotate(x, cos.to(compute), sin.to(compute), x, interleaved, -1.0 if conjugate else 1.0):
+    if not _rotate_into(x, cos, sin, x, interleaved, conjugate):
         x.copy_(rotary_reference(x, cos, sin, interleaved, conjugate))
 
 
@@ -83,8 +110,7 @@ def _(x, cos, sin, interleaved, conjugate):
 @torch.library.custom_op("roformer::rotary_into", mutates_args=("out",))
 def rotary_into(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, interleaved: bool, conjugate: bool) -> None:
     """R_m x written into ``out`` (x's shape and dtype; e.g. a slice of a larger output)."""
-    compute = compute_dtype(x.dtype)
-    if not cpu.rotate(x, cos.to(compute), sin.to(compute), out, interleaved, -1.0 if conjugate else 1.0):
+    if not _rotate_into(x, cos, sin, out, interleaved, conjugate):
         out.copy_(rotary_reference(x, cos, sin, interleaved, conjugate))
 
 

@@ -595,8 +595,8 @@ class RoFormerForCausalLM(_LMHeadModel, GenerationMixin):
         h = out.last_hidden_state
         logits = self.cls(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
-        if labels is not None:
-            loss = _token_loss(logits[:, :-1], labels[:, 1:], num_items_in_batch)
+        if labels is not None:  # the labels shifted, not the logits: a copy of (batch, seq, vocab) saved
+            loss = _token_loss(logits, F.pad(labels[:, 1:], (0, 1), value=-100), num_items_in_batch)
         result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache,
                                         hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
