@@ -269,6 +269,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 layers, fewer rounds")
     parser.add_argument("--rope-only", action="store_true", help="the RoPE rows only, no encoder")
     parser.add_argument("--models-only", action="store_true", help="the encoder and causal-LM rows only")
+    parser.add_argument("--lm-only", action="store_true", help="the causal-LM rows only (training step, generate)")
     args = parser.parse_args()
     if args.quick:
         args.layers, args.rounds, args.repeats, args.encoder_rounds = 2, 3, 5, 3
@@ -279,8 +280,9 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, CPU flags of note: {', '.join(flags) or 'none (AVX2)'}")
     print(f"shapes: q, k = ({args.batch}, 12, {args.seq}, 64); encoder: base width, {args.layers} layers, "
           f"batch {args.batch} x {args.seq} tokens\n")
-    rows = [] if args.models_only else rope_rows(args) + form_rows(args)
-    rows += [] if args.rope_only else encoder_rows(args) + lm_rows(args)
+    rows = [] if args.models_only or args.lm_only else rope_rows(args) + form_rows(args)
+    rows += [] if args.rope_only or args.lm_only else encoder_rows(args)
+    rows += [] if args.rope_only else lm_rows(args)
     print("| measurement | roformer | huggingface | copy of the inputs | HF / roformer | roformer / copy |")
     print("|---|---|---|---|---|---|")
     for name, t in rows:

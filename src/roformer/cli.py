@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a bar per weight file loaded or saved: noise between our lines
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread (an embedding program): it keeps its own handling

@@ -437,3 +437,38 @@ def test_directories_saved_by_the_earlier_version_still_load(tmp_path):
     x = ids()
     with torch.no_grad():
         assert torch.equal(again(x).logits, model(x).logits)
+
+
+# values the project's classes drew at seed 0 before they were transformers models (read off that version, commit
+# 6b75508): the last three of a few weights of a 2-layer, 32-wide model
+BEFORE_THE_PORT = {
+    "roformer.embeddings.word_embeddings.weight": [-0.0154591, -0.006673, -0.0063482],
+    "roformer.encoder.layer.1.attention.self.value.weight": [-0.0068296, 0.0393963, 0.0050931],
+    "cls.predictions.transform.dense.weight": [0.040513, 0.0129022, 0.0013538],
+    "classifier.out_proj.weight": [0.0069987, 0.0175182, 0.0228629],
+}
+
+
+def test_a_seed_draws_the_model_it_drew_before_the_port(tmp_path):
+    """So that the committed runs (mlm, glue, chinese, optimizers) retrain from a fresh clone to their records:
+    a new model draws its weights in the project's old order, and a fine-tuning start (from_pretrained_as_new)
+    gives the head a new model of the seed would have, and the encoder the checkpoint's weights."""
+    small = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=32)
+    torch.manual_seed(0)
+    mlm = RoFormerForMaskedLM(RoFormerConfig(**small)).state_dict()
+    torch.manual_seed(0)
+    fresh = RoFormerForSequenceClassification(RoFormerConfig(**small, num_labels=3))
+    drawn = {**mlm, "classifier.out_proj.weight": fresh.state_dict()["classifier.out_proj.weight"]}
+    for name, values in BEFORE_THE_PORT.items():
+        torch.testing.assert_close(drawn[name].flatten()[-3:], torch.tensor(values), rtol=0, atol=5e-8, msg=name)
+    after_fresh = torch.rand(3)
+    torch.manual_seed(1)
+    encoder = RoFormerForMaskedLM(RoFormerConfig(**small))
+    encoder.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    start = RoFormerForSequenceClassification.from_pretrained_as_new(tmp_path, num_labels=3)
+    assert torch.equal(torch.rand(3), after_fresh)  # the RNG is where building the new model left it
+    for name, tensor in start.state_dict().items():
+        source = encoder.state_dict() if name.startswith("roformer.") else fresh.state_dict()
+        assert torch.equal(tensor, source[name]), (name, (tensor - source[name]).abs().max())

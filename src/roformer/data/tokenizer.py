@@ -76,22 +76,18 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
 
 
 def save_tokenizer(tok, directory: str | Path) -> None:
-    from ..io import atomic_write
+    from ..io import atomic_write, atomic_write_text
 
     if isinstance(tok, ChineseTokenizer | RoFormerTokenizer):
         tok.save(directory)
         return
     atomic_write(Path(directory) / "tokenizer.json", lambda tmp: tok.save(tmp))
     # and the tokenizer_config.json transformers reads first: without it, AutoTokenizer picks the tokenizer of the
-    # model type (RoFormer's needs rjieba) instead of this tokenizer.json
-    from transformers import PreTrainedTokenizerFast
-
+    # model type (RoFormer's needs rjieba) instead of this tokenizer.json; it names the special tokens present
     specials = {name: token for name, token in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"),
                                                    BERT_SPECIALS, strict=True) if tok.token_to_id(token) is not None}
-    config = PreTrainedTokenizerFast(tokenizer_object=tok, **specials).init_kwargs
-    atomic_write(Path(directory) / "tokenizer_config.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", **{k: v for k, v in config.items() if k in specials}},
-        indent=2) + "\n"))
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", **specials}
+    atomic_write_text(Path(directory) / "tokenizer_config.json", json.dumps(settings, indent=2) + "\n")
 
 
 def save_with_tokenizer(model, tok, directory: str | Path) -> None:

@@ -202,7 +202,7 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
             valid = tuple(t[: p["eval_sequences"]] for t in packed_sequences(tok, ids["validation"], max_len))
             batch_fn, loss_fn, eval_fn = masked_lm_functions(tok, train, valid, batch_size, train_config)
             torch.manual_seed(train_config.seed)
-            model = (RoFormerForMaskedLM.from_pretrained(previous) if previous else RoFormerForMaskedLM(config))
+            model = (RoFormerForMaskedLM.from_pretrained_as_new(previous) if previous else RoFormerForMaskedLM(config))
             started = time.perf_counter()
             final = Trainer(model, train_config, stage_dir, batch_fn, loss_fn, eval_fn,
                             desc=f"{stage_dir.parent.name} stage {i} (length {max_len})", identity=identity
@@ -246,7 +246,7 @@ def _train_classifier(model_dir: Path, task: dict, max_len: int, m: dict, seed: 
                       identity: dict, owner: RunDirectory, resume: bool, eval_lengths: tuple[int, ...]) -> dict:
     train, run_dir = task["train"], owner.path
     torch.manual_seed(seed)
-    model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=train.num_labels)
+    model = RoFormerForSequenceClassification.from_pretrained_as_new(model_dir, num_labels=train.num_labels)
 
     batch_fn, _ = epoch_batches(len(train), m["batch_size"], config.grad_accum, lambda epoch: 1000 * seed + epoch,
                                 lambda rows: {**train.batch(rows, max_len), "targets": train.targets(rows)})

@@ -177,7 +177,7 @@ def _train_once(model_dir: Path, task: str, num_labels: int, train: Encoded, val
     regression = TASKS[task].labels is None
     lr, run_dir = config.lr, owner.path
     torch.manual_seed(seed)  # the fresh classifier head
-    model = RoFormerForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+    model = RoFormerForSequenceClassification.from_pretrained_as_new(model_dir, num_labels=num_labels)
 
     batch_fn, _ = epoch_batches(len(train), p["batch_size"], config.grad_accum, lambda epoch: seed * 1009 + epoch,
                                 lambda rows: train.batch(rows, pad_id))

@@ -63,7 +63,8 @@ def _kernel():
     def rotary_rows(X, C, S, O, rows, n1, n2, sx0, sx1, sx2, sc0, sc1, sc2, ss0, ss1, ss2, so0, so1, so2,
                     half, rest, sign, INTERLEAVED: tl.constexpr, COPY_REST: tl.constexpr, F64: tl.constexpr,
                     BLOCK_ROWS: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_REST: tl.constexpr):
-        row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)  # (BLOCK_ROWS,)
+        # (BLOCK_ROWS,) in int64: a row index times a stride can pass 2^31 elements on a large batch
+        row = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
         live = row < rows
         i2 = row % n2
         i1 = (row // n2) % n1

@@ -37,6 +37,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.generation.stopping_criteria import MaxLengthCriteria
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -46,6 +47,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.modeling_utils import get_torch_context_manager_or_global_device
 
 from ..attention import attend, attention_bias
 from ..errors import InvalidArgument
@@ -343,6 +345,23 @@ class RoFormerPreTrainedModel(PreTrainedModel):
         check_loading_info(source, info, model, ignore_mismatched)
         return (model, info) if wanted else model
 
+    @classmethod
+    def from_pretrained_as_new(cls, pretrained_model_name_or_path, **config_overrides):
+        """The recipes' start of a fine-tuning: a model built as a new one (every weight drawn, as
+        :meth:`init_weights` draws them) and then given every weight the checkpoint has, with the checks of
+        :meth:`from_pretrained`. A head the checkpoint lacks thus gets the values a new model of this seed has,
+        and the global RNG ends where building a new model leaves it: what ``from_pretrained`` did here before the
+        classes were transformers models, so that the committed fine-tuning runs retrain to their records.
+        transformers' ``from_pretrained`` draws only the missing weights, which gives another head."""
+        config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **config_overrides)
+        model = cls(config)
+        with torch.random.fork_rng(devices=[]):  # the loader's own draws (the missing head) leave no trace
+            loaded, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True,
+                                               **config_overrides)
+        missing = set(info["missing_keys"])
+        model.load_state_dict({k: v for k, v in loaded.state_dict().items() if k not in missing}, strict=False)
+        return model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, its files then given the mode of the process umask (safetensors
         writes through a private 0600 file)."""
@@ -358,6 +377,22 @@ class RoFormerPreTrainedModel(PreTrainedModel):
             if path.is_file() and not path.is_symlink() and before.get(path) != path.stat().st_mtime_ns:
                 os.chmod(path, umask_mode())
         return result
+
+    def init_weights(self) -> None:
+        """Draw the weights of a new model (transformers calls this at the end of construction), then tie them.
+
+        The draws are those this project made before its classes were transformers models: one pass over the
+        modules in order, parents before children (the encoder of a head draws once when it is built, and again
+        in the head's pass, as it did then). transformers' own pass goes children first and skips what it has
+        drawn, and would give another model for the same seed; this one keeps a seed's model what it was, so
+        that the committed runs retrain to their records. A model being loaded (built on the meta device) draws
+        nothing."""
+        if get_torch_context_manager_or_global_device() != torch.device("meta"):
+            with torch.no_grad():
+                for module in self.modules():
+                    self._init_weights(module)
+                    module._is_hf_initialized = True
+        self.tie_weights(recompute_mapping=False)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -513,7 +548,7 @@ class RoFormerLMPredictionHead(nn.Module):
     def __init__(self, config: RoFormerConfig):
         super().__init__()
         self.transform = RoFormerPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.embedding_size, config.vocab_size)
+        self.decoder = nn.Linear(config.embedding_size, config.vocab_size, bias=False)  # its bias is the one below
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
 
@@ -575,6 +610,14 @@ class RoFormerForCausalLM(_LMHeadModel, GenerationMixin):
         super().__init__(config)
         if not self.roformer.position.allows_kv_cache:
             self.generation_config.use_cache = False
+
+    def _get_stopping_criteria(self, *args, **kwargs):
+        """transformers' own, without its warning past ``max_position_embeddings``: RoPE has no maximum length."""
+        criteria = super()._get_stopping_criteria(*args, **kwargs)
+        for criterion in criteria:
+            if isinstance(criterion, MaxLengthCriteria):
+                criterion.max_position_embeddings = None
+        return criteria
 
     def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
         """transformers' own, but a length-dependent scaling gets no ``position_ids``: its angles depend on the
