@@ -38,8 +38,8 @@ def candidates(args) -> dict:
     from roformer import apply_rotary
 
     found = {
-        "roformer (Triton)": lambda q, k, cos, sin: (apply_rotary(q, cos, sin, False, seq_dim=-3),
-                                                     apply_rotary(k, cos, sin, False, seq_dim=-3)),
+        "roformer (Triton)": lambda q, k, cos, sin: (apply_rotary(q, cos[:, None], sin[:, None], False),
+                                                     apply_rotary(k, cos[:, None], sin[:, None], False)),
         "eager formula": lambda q, k, cos, sin: (eager(q, cos[:, None], sin[:, None]),
                                                  eager(k, cos[:, None], sin[:, None])),
     }

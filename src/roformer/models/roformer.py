@@ -19,6 +19,9 @@ refuses it ("does not recognize this architecture") instead of running it with t
 from __future__ import annotations
 
 import copy
+import os
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +54,14 @@ from transformers.modeling_utils import get_torch_context_manager_or_global_devi
 
 from ..attention import attend, attention_bias
 from ..errors import InvalidArgument
+from ..io import umask_mode
 from ..layers import activation
 from ..position import POSITIONS, ALiBi, alibi_slopes, build_position
 from ..rope import rotary_cos_sin
 from ..rope_scaling import NO_CACHE, model_rope_base
 from .fields import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, PROBABILITY, check_fields
 from .inputs import check_attention_mask, check_token_ids
+from .loading import check_directory, check_loading_info, hub_error, hub_options
 
 __all__ = [
     "RoFormerConfig",
@@ -317,11 +322,6 @@ class RoFormerPreTrainedModel(PreTrainedModel):
         """transformers' ``from_pretrained`` (a directory saved here or by transformers, or a hub id, with its
         revision, cache, dtype and device options; config fields as keywords, e.g. ``num_labels=3``), with the
         checks of :mod:`roformer.models.loading`: a checkpoint its config does not describe is refused."""
-        import re
-        from pathlib import Path
-
-        from .loading import check_directory, check_loading_info, hub_error, hub_options
-
         source = pretrained_model_name_or_path
         if source is not None:
             kwargs = hub_options(source, kwargs)
@@ -365,11 +365,6 @@ class RoFormerPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, its files then given the mode of the process umask (safetensors
         writes through a private 0600 file)."""
-        import os
-        from pathlib import Path
-
-        from ..io import umask_mode
-
         before = {p: p.stat().st_mtime_ns for p in Path(save_directory).glob("*")} if Path(save_directory).is_dir() \
             else {}
         result = super().save_pretrained(save_directory, *args, **kwargs)
