@@ -22,15 +22,11 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..errors import InvalidArgument, MissingFile
-from ..io import read_json
+from .saving import check_weight_dtypes, read_model_config
 
 __all__ = ["check_directory", "check_loading_info", "hub_options", "hub_error"]
-
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
-
 
 def _safetensors_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
@@ -46,21 +42,10 @@ def _safetensors_files(directory: Path) -> list[Path]:
 
 def check_directory(directory: Path) -> None:
     """The checks made before transformers reads a local model directory (see the module's docstring)."""
-    if not (directory / "config.json").is_file():
-        raise MissingFile(f"no config.json in {directory}: not a saved model directory")
-    read_json(directory / "config.json", expect=dict)  # not JSON, or not an object: one line naming the file
+    read_model_config(directory)
     files = _safetensors_files(directory)
     for path in files:
-        try:
-            with safe_open(str(path), "pt") as f:  # dtypes from the header
-                for name in f.keys():
-                    dtype = f.get_slice(name).get_dtype()
-                    if dtype not in _FLOAT_DTYPES:
-                        raise InvalidArgument(f"{directory}: {name} is stored as {dtype} in the checkpoint; a weight "
-                                              "must be a floating-point tensor (float32, float16, bfloat16 or float64)")
-        except (SafetensorError, OSError) as e:
-            raise InvalidArgument(f"{path} is not a readable safetensors file ({e}); it may be truncated: save or "
-                                  "download it again") from None
+        check_weight_dtypes(path)
     if files:
         return
     pt = directory / "pytorch_model.bin"

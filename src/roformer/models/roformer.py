@@ -323,10 +323,11 @@ class RoFormerPreTrainedModel(PreTrainedModel):
         revision, cache, dtype and device options; config fields as keywords, e.g. ``num_labels=3``), with the
         checks of :mod:`roformer.models.loading`: a checkpoint its config does not describe is refused."""
         source = pretrained_model_name_or_path
+        local = source is not None and Path(source).expanduser().is_dir()
         if source is not None:
             kwargs = hub_options(source, kwargs)
-            if Path(source).expanduser().is_dir() and not kwargs.get("subfolder"):
-                check_directory(Path(source).expanduser())
+        if local and not kwargs.get("subfolder"):
+            check_directory(Path(source).expanduser())
         wanted = kwargs.pop("output_loading_info", False)
         ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
         try:
@@ -339,7 +340,7 @@ class RoFormerPreTrainedModel(PreTrainedModel):
             raise InvalidArgument(f"{cls.__name__}.from_pretrained: {m.group(1)!r} is neither a loading option nor "
                                   "a RoFormerConfig field") from None
         except OSError as e:
-            if source is None or Path(source).expanduser().is_dir():
+            if source is None or local:
                 raise
             raise hub_error(source, e, kwargs) from None
         check_loading_info(source, info, model, ignore_mismatched)
