@@ -150,3 +150,59 @@ def test_optimizers_smoke(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "Amos minus AdamW" in report and "1/sqrt(" in report
     assert (tmp_path / "validation_mrr.png").stat().st_size > 10_000
+
+
+def test_gpt_downstream_inputs_end_with_the_separator(tmp_path):
+    """``A <sep> B <sep>`` (``A <sep>``) within the length, the pair cut by the tokenizer's longest-first rule."""
+    from roformer.data.glue import Example
+    from roformer.data.tokenizer import save_tokenizer, train_bpe
+    from roformer.experiments.gpt_downstream import Examples, task_tokenizer
+    from roformer.experiments.pe_compare import SEPARATOR
+
+    texts = ["the cat sat on the mat", "a dog ran in the park and the hills", "birds fly over the river"] * 20
+    save_tokenizer(train_bpe(texts, 300, special_tokens=[SEPARATOR]), tmp_path)
+    tok = task_tokenizer(tmp_path)
+    sep = tok.token_to_id(SEPARATOR)
+    plain = [e.ids for e in tok.encode_batch(texts[:3], add_special_tokens=False)]
+    single = Examples(tok, [Example(t, None, 1) for t in texts[:3]], max_len=64)
+    assert single.ids == [ids + [sep] for ids in plain] and single.truncated == 0
+    pair = Examples(tok, [Example(texts[0], texts[1], 0)], max_len=64)
+    assert pair.ids == [plain[0] + [sep] + plain[1] + [sep]]
+    cut = Examples(tok, [Example(texts[0], texts[1], 0)], max_len=len(plain[0]) + 4)
+    assert cut.truncated == 1 and len(cut.ids[0]) == len(plain[0]) + 4 and cut.ids[0].count(sep) == 2
+    batch = single.batch([2, 0], pad_id=sep)
+    assert batch["attention_mask"].sum(-1).tolist() == [len(single.ids[2]), len(single.ids[0])]
+    assert batch["labels"].tolist() == [1, 1]
+
+
+@pytest.mark.slow
+def test_gpt_downstream_smoke(tmp_path):
+    """Fig. 6 end to end: both decoders per seed, every snapshot fine-tuned on both tasks; a resume reuses every
+    fine-tune, and so does one from a fresh clone (no weights, no checkpoints) after the pre-training runs have
+    been trained again to their records."""
+    for name in ("enwiki", "sst2", "qnli"):
+        require_data(name)
+    assert main(["experiment", "gpt_downstream", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["steps"] == [3, 6]
+    for task in ("sst2", "qnli"):
+        scores = results["tasks"][task]["scores"]
+        assert list(scores) == ["learned", "rope"]
+        # [pre-training seed][snapshot][fine-tuning seed]
+        assert all(len(runs) == 2 and all(len(steps) == 2 and all(len(ft) == 1 for ft in steps) for steps in runs)
+                   for runs in scores.values())
+        assert all(0 <= a <= 100 for runs in scores.values() for steps in runs for ft in steps for a in ft)
+    run = json.loads((tmp_path / "finetune" / "qnli" / "rope" / "seed1" / "step3" / "ft0" / "run.json").read_text())
+    assert run["step"] == 3 and run["pretrained"] == "rope/seed1"
+    report = (tmp_path / "report.md").read_text()
+    assert "The paper's claim and what was measured" in report and "RoPE − learned [95% CI]" in report
+    assert (tmp_path / "downstream.png").stat().st_size > 10_000
+    finished = {p: p.stat().st_mtime_ns for p in tmp_path.glob("finetune/**/result.json")}
+    assert len(finished) == 2 * 2 * 2 * 2
+    assert main(["experiment", "gpt_downstream", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    for ignored in [*tmp_path.glob("*/seed*/model"), *tmp_path.glob("**/checkpoints")]:  # .gitignore'd
+        shutil.rmtree(ignored)
+    assert main(["experiment", "gpt_downstream", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not one fine-tune trained again

@@ -240,7 +240,8 @@ def _export(args: argparse.Namespace) -> None:
           f"{r['checked on']}: max abs difference {r['max abs difference']:.2e}")
 
 
-EXPERIMENTS = ("performer_lm", "pe_compare", "extrapolation", "mlm", "glue", "translation", "chinese", "optimizers")
+EXPERIMENTS = ("performer_lm", "pe_compare", "extrapolation", "mlm", "glue", "translation", "chinese", "optimizers",
+               "gpt_downstream")
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=EXPERIMENTS,
                    help="performer_lm (§4.4) | pe_compare (§4.6-4.7) | extrapolation (length) | mlm (§4.2) | "
                    "glue (§4.3, after mlm) | "
-                   "translation (§4.1) | chinese (§4.5) | optimizers (§4.8, AdamW vs Amos)")
+                   "translation (§4.1) | chinese (§4.5) | optimizers (§4.8, AdamW vs Amos) | "
+                   "gpt_downstream (§4.7 Fig. 6)")
     _add_common(p, None)
     p.add_argument("--seeds", type=POSITIVE_INT, default=None, help="seeds per variant (default: the preset's)")
     p.add_argument("--models", default=None, help="glue: the mlm experiment's output with bert/ and roformer/ "

@@ -35,8 +35,8 @@ from ..errors import InvalidArgument
 from ..io import atomic_write_text, fingerprint
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
 from ..report import markdown_table, mean_std, plot_curves
-from ..train import RunDirectory, TrainConfig, Trainer, is_main_process, preset_train_config
-from ..train.batches import epoch_batches
+from ..train import RunDirectory, Trainer, is_main_process, preset_train_config
+from ..train.finetune import FineTune, finetune
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset, owns_run
 
@@ -223,33 +223,10 @@ def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dic
 
 def _finetune(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, run_dir: Path, device, dtype,
               resume: bool, eval_lengths: tuple[int, ...]) -> dict:
-    """Fine-tune on ``task`` (its train / validation / test data) at ``max_len`` with ``seed``; the accuracy and
-    the per-example results on validation and test at each evaluation length."""
+    """Fine-tune on ``task`` (its train / validation / test data) at ``max_len`` with ``seed``
+    (:func:`roformer.train.finetune.finetune`); the accuracy and the per-example results on validation and test
+    at each evaluation length."""
     train = task["train"]
-    steps_per_epoch = max(1, len(train) // m["batch_size"])
-    total = m["epochs"] * steps_per_epoch
-    config = TrainConfig(max_steps=total, lr=m["lr"], schedule="linear", warmup_steps=max(1, total // 10),
-                         min_lr_ratio=0.0, eval_every=steps_per_epoch, save_every=steps_per_epoch, keep_last=1,
-                         log_every=5, device=device, dtype=dtype or "float32", seed=seed)
-    identity = {"model": str(model_dir), "max_len": max_len, "eval_lengths": list(eval_lengths),
-                **{split: fingerprint([d.ids, d.targets(list(range(len(d)))).tolist()]) for split, d in task.items()}}
-    with RunDirectory(run_dir, resume=resume) as owner:
-        owner.begin(identity, dataclasses.asdict(config))
-        done = owner.result("summary.json")  # a finished fine-tune of this run
-        if done is None:
-            done = _train_classifier(model_dir, task, max_len, m, seed, config, identity, owner, resume, eval_lengths)
-            owner.write_json("summary.json", done)
-        return done
-
-
-def _train_classifier(model_dir: Path, task: dict, max_len: int, m: dict, seed: int, config: TrainConfig,
-                      identity: dict, owner: RunDirectory, resume: bool, eval_lengths: tuple[int, ...]) -> dict:
-    train, run_dir = task["train"], owner.path
-    torch.manual_seed(seed)
-    model = RoFormerForSequenceClassification.from_pretrained_as_new(model_dir, num_labels=train.num_labels)
-
-    batch_fn, _ = epoch_batches(len(train), m["batch_size"], config.grad_accum, lambda epoch: 1000 * seed + epoch,
-                                lambda rows: {**train.batch(rows, max_len), "targets": train.targets(rows)})
 
     def loss_fn(net, batch):
         targets = batch.pop("targets")
@@ -260,17 +237,27 @@ def _train_classifier(model_dir: Path, task: dict, max_len: int, m: dict, seed: 
         correct = correct_per_example(net, task["validation"], max_len)
         return {"accuracy": 100.0 * sum(correct) / len(correct)}
 
-    Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, identity=identity,
-            desc=f"{run_dir.parent.parent.name} {run_dir.parent.name} {run_dir.name}").fit(resume=resume)
-    model.eval()
-    out = {}
-    with torch.no_grad():
-        for split in ("validation", "test"):
-            for n in eval_lengths:
-                correct = correct_per_example(model, task[split], n)
-                out[f"{split} @{n}"] = 100.0 * sum(correct) / len(correct)
-                out[f"{split} correct @{n}"] = correct
-    return out
+    def finish(model, final: dict, owner) -> dict:
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for split in ("validation", "test"):
+                for n in eval_lengths:
+                    correct = correct_per_example(model, task[split], n)
+                    out[f"{split} @{n}"] = 100.0 * sum(correct) / len(correct)
+                    out[f"{split} correct @{n}"] = correct
+        return out
+
+    identity = {"model": str(model_dir), "max_len": max_len, "eval_lengths": list(eval_lengths),
+                **{split: fingerprint([d.ids, d.targets(list(range(len(d)))).tolist()]) for split, d in task.items()}}
+    return finetune(
+        run_dir, identity, FineTune(m["epochs"], m["batch_size"], m["lr"], log_every=5), seed,
+        make_model=lambda: RoFormerForSequenceClassification.from_pretrained_as_new(model_dir,
+                                                                                    num_labels=train.num_labels),
+        examples=len(train), make_batch=lambda rows: {**train.batch(rows, max_len), "targets": train.targets(rows)},
+        loss_fn=loss_fn, eval_fn=eval_fn, order_seed=lambda epoch: 1000 * seed + epoch, finish=finish,
+        result_file="summary.json", device=device, dtype=dtype, resume=resume,
+        desc=f"{run_dir.parent.parent.name} {run_dir.parent.name} {run_dir.name}")
 
 
 @owns_run

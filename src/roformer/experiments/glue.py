@@ -15,7 +15,6 @@ decay 0.01 and gradient clipping at 1.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -33,8 +32,8 @@ from ..errors import InvalidArgument, MissingFile
 from ..io import atomic_write, atomic_write_text, read_json
 from ..models import RoFormerForSequenceClassification
 from ..report import markdown_table, seed_rows
-from ..train import RunDirectory, TrainConfig, Trainer, is_main_process
-from ..train.batches import epoch_batches
+from ..train import RunDirectory, is_main_process
+from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
@@ -125,7 +124,9 @@ def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict[st
     return out
 
 
-def _predict(net, data: Encoded, pad_id: int, regression: bool, batch_size: int = 64) -> torch.Tensor:
+def predict(net, data: Encoded, pad_id: int, regression: bool, batch_size: int = 64) -> torch.Tensor:
+    """The model's prediction for every example of ``data`` (anything with ``ids``, ``batch(rows, pad_id)`` and
+    ``len``): a class id, or a score when ``regression``; batched by length, for little padding."""
     order = sorted(range(len(data)), key=lambda r: len(data.ids[r]))  # little padding
     out = torch.empty(len(data), dtype=torch.float if regression else torch.long)
     device = next(net.parameters()).device
@@ -154,51 +155,33 @@ def encoder_fingerprint(model_dir: Path) -> str:
 def _finetune_once(model_dir: Path, encoder: str, task: str, num_labels: int, train: Encoded, valid: Encoded,
                    mismatched: Encoded | None, pad_id: int, p: dict, lr: float, seed: int, run_dir: Path,
                    device: str, dtype: str | None, resume: bool, max_steps: int | None) -> dict:
-    steps_per_epoch = len(train) // p["batch_size"]
-    if steps_per_epoch < 1:
-        raise InvalidArgument(f"{task}: {len(train)} training examples are fewer than one batch of {p['batch_size']}")
-    total = max_steps or p["epochs"] * steps_per_epoch
-    config = TrainConfig(max_steps=total, lr=lr, schedule="linear", warmup_steps=max(1, total // 10), min_lr_ratio=0.0,
-                         weight_decay=0.01, clip_grad_norm=1.0, eval_every=steps_per_epoch,
-                         save_every=steps_per_epoch, keep_last=1, log_every=10, seed=seed, device=device,
-                         dtype=dtype or "float32")
-    identity = {"model": str(model_dir), "encoder": encoder, "task": task, "train_examples": len(train)}
-    with RunDirectory(run_dir, resume=resume) as owner:
-        owner.begin(identity, dataclasses.asdict(config))
-        # a finished fine-tune is reused only by the same run, from the same encoder
-        done = owner.result("result.json")
-        return done if done is not None else _train_once(
-            model_dir, task, num_labels, train, valid, mismatched, pad_id, p, seed, config, identity, owner, resume)
-
-
-def _train_once(model_dir: Path, task: str, num_labels: int, train: Encoded, valid: Encoded,
-                mismatched: Encoded | None, pad_id: int, p: dict, seed: int, config: TrainConfig, identity: dict,
-                owner: RunDirectory, resume: bool) -> dict:
+    """One fine-tune of the grid (:func:`roformer.train.finetune.finetune`); a finished one of the same run,
+    from the same encoder, is reused. Its model is kept, its checkpoints dropped."""
     regression = TASKS[task].labels is None
-    lr, run_dir = config.lr, owner.path
-    torch.manual_seed(seed)  # the fresh classifier head
-    model = RoFormerForSequenceClassification.from_pretrained_as_new(model_dir, num_labels=num_labels)
-
-    batch_fn, _ = epoch_batches(len(train), p["batch_size"], config.grad_accum, lambda epoch: seed * 1009 + epoch,
-                                lambda rows: train.batch(rows, pad_id))
 
     def loss_fn(net, batch):
         return net(**batch).loss, batch["input_ids"].shape[0]
 
     def eval_fn(net) -> dict:
-        metrics = score(task, _predict(net, valid, pad_id, regression), valid.labels)
+        metrics = score(task, predict(net, valid, pad_id, regression), valid.labels)
         if mismatched is not None:
-            scores = score(task, _predict(net, mismatched, pad_id, regression), mismatched.labels)
+            scores = score(task, predict(net, mismatched, pad_id, regression), mismatched.labels)
             metrics |= {f"mismatched_{k}": v for k, v in scores.items()}
         return metrics
 
-    final = Trainer(model, config, run_dir, batch_fn, loss_fn, eval_fn, desc=f"{task} lr {lr:g} seed {seed}",
-                    identity=identity).fit(resume=resume)
-    if is_main_process():
-        owner.save_directory("model", model.save_pretrained)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: the result below replaces it
-        owner.write_json("result.json", final)
-    return final
+    def finish(model, final: dict, owner: RunDirectory) -> dict:
+        if is_main_process():
+            owner.save_directory("model", model.save_pretrained)
+            shutil.rmtree(owner.path / "checkpoints", ignore_errors=True)  # finished: the result replaces it
+        return final
+
+    identity = {"model": str(model_dir), "encoder": encoder, "task": task, "train_examples": len(train)}
+    return finetune(
+        run_dir, identity, FineTune(p["epochs"], p["batch_size"], lr, max_steps=max_steps), seed,
+        make_model=lambda: RoFormerForSequenceClassification.from_pretrained_as_new(model_dir, num_labels=num_labels),
+        examples=len(train), make_batch=lambda rows: train.batch(rows, pad_id), loss_fn=loss_fn, eval_fn=eval_fn,
+        order_seed=lambda epoch: seed * 1009 + epoch, finish=finish, device=device, dtype=dtype, resume=resume,
+        desc=f"{task} lr {lr:g} seed {seed}")
 
 
 def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_dir=None,

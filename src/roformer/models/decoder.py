@@ -26,7 +26,7 @@ from .inputs import check_token_ids
 from .outputs import ModelOutput
 from .saving import load_model_dir, save_model_dir
 
-__all__ = ["DecoderConfig", "DecoderLM"]
+__all__ = ["DecoderConfig", "DecoderLM", "DecoderForSequenceClassification"]
 
 
 @dataclass
@@ -111,6 +111,12 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, kv_cache: KVCache | None = None) -> ModelOutput:
         """``labels`` are the input ids (shifted inside): position t is scored on token t+1."""
+        logits = self.lm_head(self.hidden_states(input_ids, kv_cache))
+        loss = None if labels is None else token_cross_entropy(logits[:, :-1], labels[:, 1:])[0]
+        return ModelOutput(logits=logits, loss=loss, kv_cache=kv_cache)
+
+    def hidden_states(self, input_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        """(batch, seq, hidden): the last layer's output after the final LayerNorm, what the LM head reads."""
         check_token_ids(input_ids, self.config.vocab_size)
         if kv_cache is not None and self.config.attention != "softmax":
             raise InvalidArgument("linear attention keeps no KV cache; call without kv_cache")
@@ -125,9 +131,7 @@ class DecoderLM(nn.Module):
             bias = attention_bias(None, seq, offset + seq, True, x.dtype, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, pos, bias, is_causal=True, kv_cache=kv_cache, layer=i)
-        logits = self.lm_head(self.norm(x))
-        loss = None if labels is None else token_cross_entropy(logits[:, :-1], labels[:, 1:])[0]
-        return ModelOutput(logits=logits, loss=loss, kv_cache=kv_cache)
+        return self.norm(x)
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -142,3 +146,29 @@ class DecoderLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DecoderLM:
         return load_model_dir(cls, DecoderConfig, directory, "roformer-decoder")
+
+
+class DecoderForSequenceClassification(nn.Module):
+    """A :class:`DecoderLM` fine-tuned for classification as GPT is (Radford et al. 2018): a linear head on the
+    final hidden state of each sequence's last token, which under causal attention is the one that has read the
+    whole input. Inputs are right-padded; ``attention_mask`` marks the real tokens and so the last one (the
+    padding after it is never attended to, being later). ``decoder`` is the pre-trained :class:`DecoderLM`.
+    """
+
+    def __init__(self, config: DecoderConfig, num_labels: int):
+        super().__init__()
+        self.config, self.num_labels = config, num_labels
+        self.decoder = DecoderLM(config)
+        self.score = nn.Linear(config.hidden_size, num_labels)
+        DecoderLM._init(self.score)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        if attention_mask.shape != input_ids.shape:
+            raise InvalidArgument(f"attention_mask has shape {tuple(attention_mask.shape)}, the input ids "
+                                  f"{tuple(input_ids.shape)}")
+        hidden = self.decoder.hidden_states(input_ids)  # (batch, seq, hidden)
+        last = attention_mask.sum(-1) - 1  # (batch,): the last real token
+        logits = self.score(hidden[torch.arange(len(last), device=hidden.device), last])  # (batch, num_labels)
+        wide = torch.promote_types(logits.dtype, torch.float32)  # at least float32 for the loss
+        loss = None if labels is None else nn.functional.cross_entropy(logits.to(wide), labels)
+        return ModelOutput(logits=logits, loss=loss)
