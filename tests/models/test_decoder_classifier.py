@@ -1,11 +1,10 @@
 """The GPT-style classifier (§4.7, Fig. 6): the head reads each sequence's last real token, so a right-padded batch
-scores every sequence as it is scored alone, for every position encoding; and longest-first truncation of a pair
-equals the ``tokenizers`` library's own."""
+scores every sequence as it is scored alone, for every position encoding."""
 
 import pytest
 import torch
 
-from roformer.data.padding import cut_longest_first, right_pad
+from roformer.data.padding import right_pad
 from roformer.models.decoder import DecoderConfig, DecoderForSequenceClassification, DecoderLM
 from roformer.position import POSITIONS
 
@@ -43,25 +42,3 @@ def test_a_mask_of_another_shape_is_one_clear_error():
                                                            num_heads=4), num_labels=2)
     with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\), the input ids \(2, 5\)"):
         model(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4, dtype=torch.long))
-
-
-def test_longest_first_equals_the_tokenizers_library():
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import WhitespaceSplit
-
-    vocab = {f"w{i}": i for i in range(60)}
-    tok = Tokenizer(WordLevel(vocab, unk_token="w0"))
-    tok.pre_tokenizer = WhitespaceSplit()
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        la, lb, room = (int(v) for v in torch.randint(0, 30, (3,), generator=g))
-        room += 2
-        a = [int(t) for t in torch.randint(0, 60, (la,), generator=g)]
-        b = [int(t) for t in torch.randint(0, 60, (lb,), generator=g)]
-        tok.enable_truncation(max_length=room, strategy="longest_first")
-        enc = tok.encode(" ".join(f"w{t}" for t in a), " ".join(f"w{t}" for t in b))
-        cut_a, cut_b = cut_longest_first(a, b, room)
-        assert cut_a + cut_b == enc.ids, (la, lb, room)
-    with pytest.raises(ValueError, match="1 tokens leave no room for two texts"):
-        cut_longest_first([1], [2], 1)
