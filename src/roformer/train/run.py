@@ -18,6 +18,8 @@ through :class:`RunDirectory`.
   A trained ``model/`` or tokenizer is replaced only by resuming the same run or with ``overwrite``.
 - **Reuse.** :meth:`RunDirectory.result` gives a finished run's record (``summary.json``, ``result.json``, ...)
   to a resumed command, after the identity check, so a result is reused only by the run that made it.
+  A finished run whose weights are gone (a report's fresh clone keeps records, not weights) is trained again
+  under the check of :meth:`RunDirectory.retraining`: it must end at its record.
 
 Under ``torchrun`` only rank 0 locks and writes.
 """
@@ -38,7 +40,7 @@ from pathlib import Path
 from ..errors import InvalidArgument, RunConflict
 from ..io import atomic_write_text, read_json, umask_mode
 
-__all__ = ["RunDirectory", "RESUMABLE_SETTINGS", "differences"]
+__all__ = ["RunDirectory", "RESUMABLE_SETTINGS", "differences", "check_same_result"]
 
 LOCK = ".lock"
 IDENTITY = "run.json"
@@ -286,12 +288,55 @@ class RunDirectory:
         shutil.rmtree(old, ignore_errors=True)
         return target
 
+    def retraining(self, recorded: dict | None) -> Callable[[dict], None]:
+        """Called before a finished run is trained again whose record (``recorded``: its final evaluation) was kept
+        but whose weights are gone, as in a fresh clone of a report. Returns ``check(final)``, which requires the
+        new run to end at the record (:func:`check_same_result`), or what was built on the first weights
+        (fine-tunes, reports) would mix two models; if it does not, the checkpoints made since are removed, so
+        that the next resume does not take them for the run, and the error is raised. Either way
+        ``metrics.jsonl`` goes back to the recorded one. Without a record, ``check`` does nothing."""
+        from .checkpoint import list_checkpoints
+
+        if not recorded or not _main_process():
+            return lambda final: None
+        metrics, checkpoints = self.path / "metrics.jsonl", self.path / "checkpoints"
+        before = metrics.read_text() if metrics.exists() else None
+        kept = set(list_checkpoints(checkpoints))
+
+        def check(final: dict) -> None:
+            try:
+                check_same_result(self.path, recorded, final)
+            except ValueError:
+                for path in set(list_checkpoints(checkpoints)) - kept:
+                    shutil.rmtree(path)
+                raise
+            finally:  # the record stays the one of the run that was reported (this one only repeated it)
+                if before is not None:
+                    atomic_write_text(metrics, before)
+
+        return check
+
     def result(self, name: str) -> dict | None:
         """A finished run's record ``name`` when the command resumes it (``begin`` has checked the identity), else
         None: the run is made again."""
         if not self._held().begun and _main_process():
             raise RuntimeError("call begin() before result(): a record is reused only after the identity check")
         return self._read(name) if self.resume else None
+
+
+def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
+    """A finished run trained again must end with the metrics it recorded (every number of ``recorded``), to
+    ``rtol``: on one machine a run trained twice ends within ~1e-8 of itself (its arithmetic is deterministic up
+    to the order of threaded reductions); a larger gap means other weights (another CPU's kernels, changed code
+    or data). One error naming the first metric that differs."""
+    for key, a in recorded.items():
+        b = retrained.get(key)
+        if isinstance(a, bool) or not isinstance(a, int | float):
+            continue
+        if b is None or abs(a - b) > rtol * max(abs(a), 1e-12):
+            raise InvalidArgument(f"cannot resume {run_dir}: its weights were gone and it was trained again, ending "
+                                  f"with {key} {b!r} where the run recorded {a!r}; what was built on its first "
+                                  "weights would mix two models. Run without --resume into another --out")
 
 
 def _describe(holder: str) -> str:

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,21 +122,6 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
 
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def check_same_result(run_dir: str | Path, recorded: dict, retrained: dict, rtol: float = 1e-6) -> None:
-    """A finished run trained again must end with the metrics it recorded (every number of ``recorded``), to
-    ``rtol``: on one machine a run trained twice ends within ~1e-8 of itself (its arithmetic is deterministic up
-    to the order of threaded reductions); a larger gap means other weights (another CPU's kernels, changed code
-    or data). One error naming the first metric that differs."""
-    for key, a in recorded.items():
-        b = retrained.get(key)
-        if isinstance(a, bool) or not isinstance(a, int | float):
-            continue
-        if b is None or abs(a - b) > rtol * max(abs(a), 1e-12):
-            raise InvalidArgument(f"cannot resume {run_dir}: its weights were gone and it was trained again, ending "
-                                  f"with {key} {b!r} where the run recorded {a!r}; what was built on its first "
-                                  "weights would mix two models. Run without --resume into another --out")
 
 
 class Trainer:
@@ -292,22 +276,24 @@ class Trainer:
 
         ``recorded``: the final evaluation of a finished run (from its summary), for a resume that finds no
         final checkpoint, as in a fresh clone of a report, which keeps the records and not the weights. The run
-        then trains again and must end where it was recorded (:func:`check_same_result`), or what was built on
-        the first weights (fine-tunings, reports) would mix two models; if not, the run directory is left as it
-        was (the new checkpoints removed) and a ValueError says so. Either way its metrics.jsonl stays the
-        recorded one.
+        then trains again and must end where it was recorded (the run owner's check,
+        :meth:`~roformer.train.run.RunDirectory.retraining`); if not, the run directory is left as it was (the
+        new checkpoints removed) and a ValueError says so. Either way its metrics.jsonl stays the recorded one.
 
         The run directory is held (:class:`~roformer.train.run.RunDirectory`) for the whole of it: locked against
         other processes, its identity and settings compared (``resume``) or the directory required to hold no
         run (unless ``overwrite``), and recorded before the first update."""
         with RunDirectory(self.run_dir, resume=resume, overwrite=overwrite) as run:
             run.begin(self.identity, dataclasses.asdict(self.config))
-            return self._fit(resume, recorded)
+            check_record = run.retraining(recorded)
+            final = self._fit(resume)
+            if not self.resumed_finished:
+                check_record(final)
+                self.save()
+            return final
 
-    def _fit(self, resume: bool, recorded: dict | None) -> dict:
+    def _fit(self, resume: bool) -> dict:
         c = self.config
-        before = self.metrics_path.read_text() if recorded and self.metrics_path.exists() else None
-        kept = set(list_checkpoints(self.checkpoint_dir)) if recorded else set()
         resumed = resume and self.resume()
         if is_main_process():
             try:
@@ -376,17 +362,6 @@ class Trainer:
         finally:
             bar.close()
         final = self.evaluate()
-        if recorded and is_main_process():
-            try:
-                check_same_result(self.run_dir, recorded, final)
-            except ValueError:
-                for path in set(list_checkpoints(self.checkpoint_dir)) - kept:
-                    shutil.rmtree(path)
-                raise
-            finally:  # the record stays the one of the run that was reported (this one only repeated it)
-                if before is not None:
-                    atomic_write_text(self.metrics_path, before)
-        self.save()
         if self._tb is not None:
             self._tb.close()
         return final
