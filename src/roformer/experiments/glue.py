@@ -35,6 +35,7 @@ from ..report import markdown_table, seed_rows
 from ..train import RunDirectory, is_main_process
 from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run
+from .seeds import record_digest
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
 
@@ -143,9 +144,9 @@ def encoder_fingerprint(model_dir: Path) -> str:
     encoder saved by a comparison run (``summary.json`` with its final metrics beside the model directory, as
     ``train_seeds`` writes it) is known by that record: a run trained again from a fresh clone must end at it
     (``Trainer.fit(recorded=...)``). Any other directory is known by the SHA-256 of its weights."""
-    record = model_dir.parent / "summary.json"
-    if record.is_file() and "final" in read_json(record, expect=dict):
-        return f"record {hashlib.sha256(record.read_bytes()).hexdigest()[:16]}"
+    record = record_digest(model_dir.parent)
+    if record:
+        return f"record {record}"
     digest = hashlib.sha256()
     for path in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
         digest.update(path.read_bytes())

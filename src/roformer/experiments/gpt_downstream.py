@@ -26,7 +26,7 @@ import torch
 from ..data.glue import load_task
 from ..data.padding import right_pad
 from ..data.tokenizer import load_tokenizer
-from ..io import atomic_write, atomic_write_text, fingerprint, sha256_file
+from ..io import atomic_write, atomic_write_text, fingerprint
 from ..models.decoder import DecoderConfig, DecoderForSequenceClassification
 from ..report import markdown_table, mean_std, paired_difference, read_summary
 from ..train import is_main_process, preset_train_config
@@ -35,6 +35,7 @@ from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run, pe_compare
 from .glue import predict, score
 from .lm_compare import eval_curve, train_variants
+from .seeds import record_digest
 
 VARIANTS = ("learned", "rope")
 
@@ -139,7 +140,7 @@ def _finetune(out: Path, name: str, k: int, step: int, task: str, train_set: Exa
     run_dir = out / name / f"seed{k}"
     checkpoint = next(c for c in list_checkpoints(run_dir / "checkpoints") if c.name == f"step-{step:08d}")
     # a pre-training run trained again (fresh clone) must end at its record, so the record names its weights
-    identity = {"pretrained": f"{name}/seed{k}", "record": sha256_file(run_dir / "summary.json")[:16],
+    identity = {"pretrained": f"{name}/seed{k}", "record": record_digest(run_dir),
                 "step": step, "task": task, "train": fingerprint([train_set.ids, train_set.labels.tolist()]),
                 "validation": fingerprint([valid_set.ids, valid_set.labels.tolist()])}
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import read_json, sha256_file
 from ..train import RunDirectory, TrainConfig, Trainer, is_main_process
 
-__all__ = ["SeedRun", "train_seeds", "run_dirs"]
+__all__ = ["SeedRun", "train_seeds", "run_dirs", "record_digest"]
 
 
 @dataclasses.dataclass
@@ -76,3 +77,13 @@ def train_seeds(variants: dict[str, Callable[[int], SeedRun]], out: Path, resume
 def run_dirs(out: Path, results: dict[str, list], seeds: Sequence[int]) -> dict[str, list[Path]]:
     """{variant: [its run directory per seed]}, for the band plots."""
     return {name: [Path(out) / name / f"seed{s}" for s in seeds] for name in results}
+
+
+def record_digest(run_dir: Path) -> str | None:
+    """What names the weights of a finished run of :func:`train_seeds` across clones: the SHA-256 (16 digits) of
+    its ``summary.json``, whose final metrics a run trained again from a fresh clone must reproduce; None for a
+    directory without that record. A fine-tune names the model it starts from by it."""
+    record = Path(run_dir) / "summary.json"
+    if not record.is_file() or "final" not in read_json(record, expect=dict):
+        return None
+    return sha256_file(record)[:16]
