@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from roformer.cli import main
+from roformer.data.chinese import pair_ids
 from roformer.data.tokenizer import ChineseTokenizer, RoFormerTokenizer, load_tokenizer, save_tokenizer
-from roformer.experiments.chinese import pair_ids, run
+from roformer.experiments.chinese import run
 
 from .conftest import require_data
 
@@ -124,7 +125,7 @@ def test_chinese_recipe_smoke(tmp_path):
 def test_mcnemar_against_the_binomial_distribution():
     from math import comb
 
-    from roformer.experiments.chinese import mcnemar
+    from roformer.report import mcnemar
 
     a = [1] * 10 + [0] * 3 + [1] * 20 + [0] * 7
     b = [0] * 10 + [1] * 3 + [1] * 20 + [0] * 7

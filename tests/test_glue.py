@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from roformer.cli import main
-from roformer.data.glue import Example
+from roformer.data.glue import Example, encode, score
 from roformer.data.tokenizer import train_wordpiece
-from roformer.experiments.glue import encode, finetune_task, score
+from roformer.experiments.glue import finetune_task
 from roformer.models import RoFormerForSequenceClassification
 
 from .conftest import require_data, tiny_encoder_dir

@@ -11,7 +11,7 @@ from .errors import InvalidArgument, MissingFile
 from .io import atomic_write, atomic_write_text, read_jsonl
 
 __all__ = ["read_metrics", "read_summary", "plot_curves", "markdown_table", "write_run_report", "compare_runs",
-           "mean_std", "paired_difference", "seed_rows", "plot_seed_bands", "plot_lines"]
+           "mean_std", "paired_difference", "mcnemar", "seed_rows", "plot_seed_bands", "plot_lines"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -144,6 +144,18 @@ def paired_difference(values, reference, confidence: float = 0.95) -> tuple[floa
         return mean, float("nan"), float("nan")
     half = stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * std / len(diffs) ** 0.5
     return mean, mean - half, mean + half
+
+
+def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
+    """McNemar's exact test of two models on the same examples (1 = right): the examples only ``a`` got right,
+    those only ``b`` got right, and the two-sided p-value (a binomial test of the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    if len(a) != len(b):
+        raise InvalidArgument(f"paired predictions differ in number: {len(a)} vs {len(b)}")
+    only_a = sum(x > y for x, y in zip(a, b, strict=True))
+    only_b = sum(y > x for x, y in zip(a, b, strict=True))
+    return only_a, only_b, binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
 
 
 def seed_rows(per_variant: dict[str, list[float]], reference: str, metric: str, digits: int = 4,

@@ -4,7 +4,8 @@ THUCNews long-document classification.
 The corpus joins the registry's ``chinese_corpus`` sources, one document each: a CJRC legal judgement, a
 zh-Wikipedia article, a FewCLUE unlabelled text, a chapter of a classical novel. A document goes to validation
 when crc32 of its text % 100 == 0, else to training. The two tasks are separate data sets and never enter
-pre-training.
+pre-training. The tasks' examples as encoder inputs (:class:`Triplets`, :class:`Articles`) and the per-example
+scoring of a model on them (:func:`correct_per_example`) are here too.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import re
 import zlib
 from pathlib import Path
 
+import torch
+
 from ..errors import InvalidArgument
 from ..io import read_text
+from .padding import right_pad
 from .registry import resolve
 
-__all__ = ["load_chinese_documents", "load_scm", "load_thucnews"]
+__all__ = ["load_chinese_documents", "load_scm", "load_thucnews", "pair_ids", "Triplets", "Articles",
+           "correct_per_example"]
 
 _WIKI_DOC = re.compile(r'<doc id="[^"]*" url="[^"]*" title="[^"]*">\n(.*?)</doc>', re.S)
 _CHAPTER = re.compile(r"^\s*第[一二三四五六七八九十百零〇\d]+回", re.M)
@@ -156,3 +161,83 @@ def load_thucnews(mirror: str | Path | None = None) -> dict[str, list[tuple[str,
         bucket = zlib.crc32(article.encode()) % 10
         splits["test" if bucket == 0 else "validation" if bucket == 1 else "train"].append((label, article.strip()))
     return splits
+
+
+def pair_ids(a: list[int], b: list[int], max_len: int, cls: int, sep: int) -> tuple[list[int], list[int]]:
+    """``[CLS] a [SEP] b [SEP]`` and its segment ids, cut longest-first (a token off the end of the longer text
+    until the pair fits ``max_len``)."""
+    room = max_len - 3
+    if room < 2:
+        raise InvalidArgument(f"max_len {max_len} leaves no room for two texts")
+    la, lb = len(a), len(b)
+    while la + lb > room:
+        if la >= lb:
+            la -= 1
+        else:
+            lb -= 1
+    ids = [cls] + a[:la] + [sep] + b[:lb] + [sep]
+    return ids, [0] * (la + 2) + [1] * (lb + 1)
+
+
+class Triplets:
+    """CAIL2019-SCM: tokenized (A, B, C) triplets; a batch holds the 2n pairs (A, B), (A, C)."""
+
+    num_labels = 1
+
+    def __init__(self, tok, rows: list[tuple[str, str, str]]):
+        encoded = tok.encode_batch([t for row in rows for t in row], add_special_tokens=False)
+        self.ids = [tuple(encoded[3 * i + j].ids for j in range(3)) for i in range(len(rows))]
+        self.cls, self.sep, self.pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: list[int], max_len: int) -> dict:
+        pairs = [pair_ids(self.ids[r][0], self.ids[r][k], max_len, self.cls, self.sep) for r in rows for k in (1, 2)]
+        ids = right_pad([p for p, _ in pairs], self.pad)
+        types = right_pad([t for _, t in pairs], 0)
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": (ids != self.pad).long()}
+
+    def scores(self, net, batch: dict) -> torch.Tensor:
+        """(n, 2): s(A, B) and s(A, C) per triplet; the right answer is column 0."""
+        return net(**batch).logits.float().view(-1, 2)
+
+    def targets(self, rows: list[int]) -> torch.Tensor:
+        return torch.zeros(len(rows), dtype=torch.long)
+
+
+class Articles:
+    """THUCNews: tokenized articles and their class; a batch holds ``[CLS] article [SEP]`` cut to the length."""
+
+    def __init__(self, tok, rows: list[tuple[str, str]], classes: list[str]):
+        self.ids = [e.ids for e in tok.encode_batch([a for _, a in rows], add_special_tokens=False)]
+        self.labels = torch.tensor([classes.index(label) for label, _ in rows])
+        self.num_labels = len(classes)
+        self.cls, self.sep, self.pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: list[int], max_len: int) -> dict:
+        ids = right_pad([[self.cls, *self.ids[r][: max_len - 2], self.sep] for r in rows], self.pad)
+        return {"input_ids": ids, "attention_mask": (ids != self.pad).long()}
+
+    def scores(self, net, batch: dict) -> torch.Tensor:
+        return net(**batch).logits.float()
+
+    def targets(self, rows: list[int]) -> torch.Tensor:
+        return self.labels[rows]
+
+
+def correct_per_example(net, data, max_len: int, batch_size: int = 8) -> list[int]:
+    """1 for each example (triplet or article) the model gets right (its target's score strictly above every
+    other score), 0 otherwise, in order."""
+    device = next(net.parameters()).device
+    correct = []
+    for s in range(0, len(data), batch_size):
+        rows = list(range(s, min(s + batch_size, len(data))))
+        scores = data.scores(net, {k: v.to(device) for k, v in data.batch(rows, max_len).items()})
+        targets = data.targets(rows).to(scores.device)[:, None]
+        others = scores.scatter(-1, targets, float("-inf")).amax(-1)
+        correct += (scores.gather(-1, targets).squeeze(-1) > others).int().tolist()
+    return correct

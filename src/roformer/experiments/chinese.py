@@ -28,19 +28,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.chinese import load_chinese_documents, load_scm, load_thucnews
-from ..data.padding import right_pad
+from ..data.chinese import Articles, Triplets, correct_per_example, load_chinese_documents, load_scm, load_thucnews
 from ..data.tokenizer import ChineseTokenizer, load_tokenizer, save_tokenizer, save_with_tokenizer
-from ..errors import InvalidArgument
 from ..io import atomic_write_text, fingerprint
 from ..models import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
-from ..report import markdown_table, mean_std, plot_curves
+from ..report import markdown_table, mcnemar, mean_std, plot_curves
 from ..train import RunDirectory, Trainer, is_main_process, preset_train_config
 from ..train.finetune import FineTune, finetune
 from ..train.mlm import document_ids, masked_lm_functions, packed_sequences
 from . import choose_preset, owns_run
 
-__all__ = ["PRESETS", "PAPER_TABLE4", "PAPER_TABLE5", "pair_ids", "mcnemar", "run"]
+__all__ = ["PRESETS", "PAPER_TABLE4", "PAPER_TABLE5", "run"]
 
 PRESETS = {
     "smoke": dict(model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
@@ -80,98 +78,6 @@ PAPER_TABLE5 = {"BERT-512": ("64.13%", "67.77%"), "WoBERT-512": ("64.07%", "68.1
                 "RoFormer-512": ("64.13%", "68.29%"), "RoFormer-1024": ("66.07%", "69.79%")}
 # the pre-trained encoders: (vocabulary level, position encoding)
 ENCODERS = {"roformer": ("word", "rope"), "wobert": ("word", "learned"), "bert": ("char", "learned")}
-
-
-def pair_ids(a: list[int], b: list[int], max_len: int, cls: int, sep: int) -> tuple[list[int], list[int]]:
-    """``[CLS] a [SEP] b [SEP]`` and its segment ids, cut longest-first (a token off the end of the longer text
-    until the pair fits ``max_len``)."""
-    room = max_len - 3
-    if room < 2:
-        raise InvalidArgument(f"max_len {max_len} leaves no room for two texts")
-    la, lb = len(a), len(b)
-    while la + lb > room:
-        if la >= lb:
-            la -= 1
-        else:
-            lb -= 1
-    ids = [cls] + a[:la] + [sep] + b[:lb] + [sep]
-    return ids, [0] * (la + 2) + [1] * (lb + 1)
-
-
-class Triplets:
-    """CAIL2019-SCM: tokenized (A, B, C) triplets; a batch holds the 2n pairs (A, B), (A, C)."""
-
-    num_labels = 1
-
-    def __init__(self, tok, rows: list[tuple[str, str, str]]):
-        encoded = tok.encode_batch([t for row in rows for t in row], add_special_tokens=False)
-        self.ids = [tuple(encoded[3 * i + j].ids for j in range(3)) for i in range(len(rows))]
-        self.cls, self.sep, self.pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, rows: list[int], max_len: int) -> dict:
-        pairs = [pair_ids(self.ids[r][0], self.ids[r][k], max_len, self.cls, self.sep) for r in rows for k in (1, 2)]
-        ids = right_pad([p for p, _ in pairs], self.pad)
-        types = right_pad([t for _, t in pairs], 0)
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": (ids != self.pad).long()}
-
-    def scores(self, net, batch: dict) -> torch.Tensor:
-        """(n, 2): s(A, B) and s(A, C) per triplet; the right answer is column 0."""
-        return net(**batch).logits.float().view(-1, 2)
-
-    def targets(self, rows: list[int]) -> torch.Tensor:
-        return torch.zeros(len(rows), dtype=torch.long)
-
-
-class Articles:
-    """THUCNews: tokenized articles and their class; a batch holds ``[CLS] article [SEP]`` cut to the length."""
-
-    def __init__(self, tok, rows: list[tuple[str, str]], classes: list[str]):
-        self.ids = [e.ids for e in tok.encode_batch([a for _, a in rows], add_special_tokens=False)]
-        self.labels = torch.tensor([classes.index(label) for label, _ in rows])
-        self.num_labels = len(classes)
-        self.cls, self.sep, self.pad = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, rows: list[int], max_len: int) -> dict:
-        ids = right_pad([[self.cls, *self.ids[r][: max_len - 2], self.sep] for r in rows], self.pad)
-        return {"input_ids": ids, "attention_mask": (ids != self.pad).long()}
-
-    def scores(self, net, batch: dict) -> torch.Tensor:
-        return net(**batch).logits.float()
-
-    def targets(self, rows: list[int]) -> torch.Tensor:
-        return self.labels[rows]
-
-
-def correct_per_example(net, data, max_len: int, batch_size: int = 8) -> list[int]:
-    """1 for each example (triplet or article) the model gets right (its target's score strictly above every
-    other score), 0 otherwise, in order."""
-    device = next(net.parameters()).device
-    correct = []
-    for s in range(0, len(data), batch_size):
-        rows = list(range(s, min(s + batch_size, len(data))))
-        scores = data.scores(net, {k: v.to(device) for k, v in data.batch(rows, max_len).items()})
-        targets = data.targets(rows).to(scores.device)[:, None]
-        others = scores.scatter(-1, targets, float("-inf")).amax(-1)
-        correct += (scores.gather(-1, targets).squeeze(-1) > others).int().tolist()
-    return correct
-
-
-def mcnemar(a: list[int], b: list[int]) -> tuple[int, int, float]:
-    """McNemar's exact test of two models on the same examples (1 = right): the examples only ``a`` got right,
-    those only ``b`` got right, and the two-sided p-value (a binomial test of the discordant pairs)."""
-    from scipy.stats import binomtest
-
-    if len(a) != len(b):
-        raise InvalidArgument(f"paired predictions differ in number: {len(a)} vs {len(b)}")
-    only_a = sum(x > y for x, y in zip(a, b, strict=True))
-    only_b = sum(y > x for x, y in zip(a, b, strict=True))
-    return only_a, only_b, binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
 
 
 def _pretrain(name: str, tok, docs: dict, stages, config: RoFormerConfig, p: dict, out: Path, device, dtype,

@@ -19,13 +19,11 @@ import hashlib
 import json
 import shutil
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..data.glue import TASKS, Example, TaskData, load_task
-from ..data.padding import right_pad
+from ..data.glue import TASKS, Encoded, TaskData, encode, load_task, predict, score
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..errors import InvalidArgument, MissingFile
@@ -37,7 +35,7 @@ from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run
 from .seeds import record_digest
 
-__all__ = ["PRESETS", "PAPER_TABLE2", "encode", "score", "finetune_task", "run"]
+__all__ = ["PRESETS", "PAPER_TABLE2", "finetune_task", "run"]
 
 PRESETS = {
     "smoke": dict(max_len=32, train_examples=96, eval_examples=64, epochs=1, batch_size=16, lrs=(1e-4,), seeds=2),
@@ -61,82 +59,6 @@ PAPER_TABLE2 = {
 TABLE2_ORDER = ("mrpc", "sst2", "qnli", "stsb", "qqp", "mnli")
 TASK_TITLES = {"mrpc": "MRPC (F1)", "sst2": "SST-2 (acc)", "qnli": "QNLI (acc)", "stsb": "STS-B (Spearman)",
                "qqp": "QQP (F1)", "mnli": "MNLI m/mm (acc)"}
-
-
-@dataclass
-class Encoded:
-    """A split tokenized for the model: per example its token ids and segment ids, and its label."""
-    ids: list[list[int]]
-    types: list[list[int]]
-    labels: torch.Tensor
-    truncated: int  # examples cut to the maximum length
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, rows: list[int], pad_id: int) -> dict:
-        """Rows padded to the longest of them."""
-        return {"input_ids": right_pad([self.ids[r] for r in rows], pad_id),
-                "token_type_ids": right_pad([self.types[r] for r in rows], 0),
-                "attention_mask": right_pad([[1] * len(self.ids[r]) for r in rows], 0),
-                "labels": self.labels[rows]}
-
-
-def check_labels(task: str, examples: list[Example], num_labels: int) -> None:
-    """A label outside the task's label set is an error naming the example (never a silent wrong target)."""
-    spec = TASKS[task]
-    for i, e in enumerate(examples):
-        if spec.labels is None:
-            ok = isinstance(e.label, float | int) and spec.score_range[0] <= e.label <= spec.score_range[1]
-        else:
-            ok = isinstance(e.label, int) and 0 <= e.label < num_labels
-        if not ok:
-            allowed = f"a score in {spec.score_range}" if spec.labels is None else f"a class id in 0..{num_labels - 1}"
-            raise InvalidArgument(f"{task}: example {i} has label {e.label!r}; the task needs {allowed}")
-
-
-def encode(tok, task: str, examples: list[Example], max_len: int, num_labels: int) -> Encoded:
-    """Tokenize (text_a, text_b) pairs as ``[CLS] A [SEP] B [SEP]`` with longest-first truncation to ``max_len``."""
-    if max_len < 4:
-        raise InvalidArgument(f"max_len must leave room for [CLS] and two [SEP], got {max_len}")
-    check_labels(task, examples, num_labels)
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_len, strategy="longest_first")
-    pairs = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
-    encodings = tok.encode_batch(pairs)
-    dtype = torch.float if TASKS[task].labels is None else torch.long
-    return Encoded([e.ids for e in encodings], [e.type_ids for e in encodings],
-                   torch.tensor([e.label for e in examples], dtype=dtype),
-                   sum(bool(e.overflowing) for e in encodings))
-
-
-def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """The task's GLUE metric (x100) and the other usual ones: accuracy and F1 of the positive class for the
-    classification tasks, Spearman and Pearson correlation for STS-B."""
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score
-
-    p, y = predictions.cpu().numpy(), labels.cpu().numpy()
-    if TASKS[task].labels is None:
-        return {"spearman": 100 * float(spearmanr(p, y).statistic), "pearson": 100 * float(pearsonr(p, y).statistic)}
-    out = {"accuracy": 100 * float(accuracy_score(y, p))}
-    if len(TASKS[task].labels) == 2:
-        out["f1"] = 100 * float(f1_score(y, p, zero_division=0.0))
-    return out
-
-
-def predict(net, data: Encoded, pad_id: int, regression: bool, batch_size: int = 64) -> torch.Tensor:
-    """The model's prediction for every example of ``data`` (anything with ``ids``, ``batch(rows, pad_id)`` and
-    ``len``): a class id, or a score when ``regression``; batched by length, for little padding."""
-    order = sorted(range(len(data)), key=lambda r: len(data.ids[r]))  # little padding
-    out = torch.empty(len(data), dtype=torch.float if regression else torch.long)
-    device = next(net.parameters()).device
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        batch = {k: v.to(device) for k, v in data.batch(rows, pad_id).items() if k != "labels"}
-        logits = net(**batch).logits.float()
-        out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu()
-    return out
 
 
 def encoder_fingerprint(model_dir: Path) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.glue import load_task
+from ..data.glue import load_task, predict, score
 from ..data.padding import right_pad
 from ..data.tokenizer import load_tokenizer
 from ..io import atomic_write, atomic_write_text, fingerprint
@@ -33,7 +33,6 @@ from ..train import is_main_process, preset_train_config
 from ..train.checkpoint import list_checkpoints, load_checkpoint
 from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run, pe_compare
-from .glue import predict, score
 from .lm_compare import eval_curve, train_variants
 from .seeds import record_digest
 
