@@ -211,3 +211,29 @@ def test_files_are_written_with_the_umask_and_the_lock_is_released(tmp_path):
     holder.kill()
     holder.wait()
     assert time.perf_counter() - started < 30
+
+
+def test_a_run_trained_again_must_end_at_its_record(tmp_path):
+    """The owner's audit of a finished run trained again (its weights gone): it must end at the recorded metrics
+    to 1e-6; if not, the checkpoints it made are removed and the error names the metric. Either way the recorded
+    metrics.jsonl comes back."""
+    recorded_curve = '{"step": 4, "eval/loss": 2.5}\n'
+    for accepted, final in ((True, {"loss": 2.5 * (1 + 1e-8)}), (False, {"loss": 2.5 * (1 + 1e-5)})):
+        run_dir = tmp_path / str(accepted)
+        (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text(recorded_curve)
+        with RunDirectory(run_dir, resume=True) as owner:
+            check = owner.retraining({"loss": 2.5, "note": "not a number: not compared"})
+            (run_dir / "checkpoints" / "step-00000004").mkdir()  # what training again made
+            (run_dir / "metrics.jsonl").write_text('{"step": 4, "eval/loss": 2.6}\n')
+            if accepted:
+                check(final)
+            else:
+                with pytest.raises(ValueError, match=r"trained again, ending with loss 2.500025 where the run "
+                                                     r"recorded 2.5"):
+                    check(final)
+        kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        assert kept == (["step-00000002", "step-00000004"] if accepted else ["step-00000002"])
+        assert (run_dir / "metrics.jsonl").read_text() == recorded_curve
+        with RunDirectory(run_dir) as owner:
+            owner.retraining(None)({"loss": 99.0})  # no record: nothing to check
