@@ -108,13 +108,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(dropout):
         return [p.grad.clone() for p in model.parameters()]
 
     plain = gradients()
-    model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing
+    model.activation_checkpointing_enable()  # transformers 5's name (gradient_checkpointing_enable is deprecated)
+    assert model.is_activation_checkpointing
     checkpointed = gradients()
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    model.gradient_checkpointing_disable()
-    assert not model.is_gradient_checkpointing
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
 
 
 def test_embedding_methods_and_parameter_count(tmp_path):
