@@ -176,7 +176,7 @@ def test_gpt_downstream_inputs_end_with_the_separator(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpt_downstream_smoke(tmp_path):
+def test_gpt_downstream_smoke(tmp_path, capsys):
     """Fig. 6 end to end: both decoders per seed, every snapshot fine-tuned on both tasks; a resume reuses every
     fine-tune, and so does one from a fresh clone (no weights, no checkpoints) after the pre-training runs have
     been trained again to their records."""
@@ -206,3 +206,9 @@ def test_gpt_downstream_smoke(tmp_path):
     assert main(["experiment", "gpt_downstream", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 0
     assert json.loads((tmp_path / "results.json").read_text()) == results
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not one fine-tune trained again
+    # a fine-tune to run again whose pre-training checkpoint is gone: one line naming it and the way out
+    shutil.rmtree(tmp_path / "learned" / "seed0" / "checkpoints" / "step-00000003")
+    shutil.rmtree(tmp_path / "finetune" / "sst2" / "learned" / "seed0" / "step3")
+    assert main(["experiment", "gpt_downstream", "--preset", "smoke", "--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000003 is gone, and its fine-tunes start from it" in err and "Traceback" not in err

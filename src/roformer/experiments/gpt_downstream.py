@@ -26,6 +26,7 @@ import torch
 from ..data.glue import load_task, predict, score
 from ..data.padding import right_pad
 from ..data.tokenizer import load_tokenizer
+from ..errors import MissingFile
 from ..io import atomic_write, atomic_write_text, fingerprint
 from ..models.decoder import DecoderConfig, DecoderForSequenceClassification
 from ..report import markdown_table, mean_std, paired_difference, read_summary
@@ -143,13 +144,17 @@ def _finetune(out: Path, name: str, k: int, step: int, task: str, train_set: Exa
     """The validation accuracy of pre-training run (name, seed k)'s checkpoint at ``step`` fine-tuned on ``task``
     with fine-tuning seed ``seed``."""
     run_dir = out / name / f"seed{k}"
-    checkpoint = next(c for c in list_checkpoints(run_dir / "checkpoints") if c.name == f"step-{step:08d}")
     # a pre-training run trained again (fresh clone) must end at its record, so the record names its weights
     identity = {"pretrained": f"{name}/seed{k}", "record": record_digest(run_dir),
                 "step": step, "task": task, "train": fingerprint([train_set.ids, train_set.labels.tolist()]),
                 "validation": fingerprint([valid_set.ids, valid_set.labels.tolist()])}
 
     def make_model():
+        checkpoint = run_dir / "checkpoints" / f"step-{step:08d}"
+        if checkpoint not in list_checkpoints(run_dir / "checkpoints"):
+            raise MissingFile(f"the pre-training checkpoint {checkpoint} is gone, and its fine-tunes start from it: "
+                              f"remove {run_dir / 'checkpoints'} and --resume, which trains the run again to its "
+                              "record")
         model = DecoderForSequenceClassification(config, num_labels)
         load_checkpoint(checkpoint, model.decoder)
         return model
