@@ -27,8 +27,9 @@ from ..data.glue import TASKS, Encoded, TaskData, encode, load_task, predict, sc
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
 from ..errors import InvalidArgument, MissingFile
-from ..io import atomic_write, atomic_write_text, read_json
+from ..io import atomic_write, atomic_write_text
 from ..models import RoFormerForSequenceClassification
+from ..models.saving import read_model_config
 from ..report import markdown_table, seed_rows
 from ..train import RunDirectory, is_main_process
 from ..train.finetune import FineTune, finetune
@@ -119,7 +120,7 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     model_dir, out = Path(model_dir), Path(out)
     metric = TASKS[task].metric
     tok = load_tokenizer(model_dir)  # a mismatched encoder is an error whether or not the task's data is here
-    config = read_json(model_dir / "config.json", expect=dict)
+    config = read_model_config(model_dir)
     check_tokenizer(tok, config["vocab_size"], config.get("pad_token_id", 0), model_dir, required=("[CLS]", "[SEP]"))
     try:
         data: TaskData = load_task(task, data_dir)

@@ -31,7 +31,7 @@ from ..io import atomic_write, atomic_write_text, fingerprint
 from ..models.decoder import DecoderConfig, DecoderForSequenceClassification
 from ..report import markdown_table, mean_std, paired_difference, read_summary
 from ..train import is_main_process, preset_train_config
-from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run, pe_compare
 from .lm_compare import eval_curve, train_variants
@@ -150,7 +150,7 @@ def _finetune(out: Path, name: str, k: int, step: int, task: str, train_set: Exa
                 "validation": fingerprint([valid_set.ids, valid_set.labels.tolist()])}
 
     def make_model():
-        checkpoint = run_dir / "checkpoints" / f"step-{step:08d}"
+        checkpoint = checkpoint_path(run_dir / "checkpoints", step)
         if checkpoint not in list_checkpoints(run_dir / "checkpoints"):
             raise MissingFile(f"the pre-training checkpoint {checkpoint} is gone, and its fine-tunes start from it: "
                               f"remove {run_dir / 'checkpoints'} and --resume, which trains the run again to its "

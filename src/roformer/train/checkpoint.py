@@ -95,10 +95,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """Where the checkpoint of update ``step`` is saved in a run's ``checkpoints`` directory."""
+    return Path(directory) / f"step-{step:08d}"
+
+
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, trainer_state: dict, keep_last: int) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:08d}"
+    final = checkpoint_path(directory, step)
     remove_temporary(directory)
     tmp = directory / f".tmp-step-{step:08d}-{os.getpid()}"
     try:
