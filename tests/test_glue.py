@@ -139,8 +139,9 @@ def test_finetune_a_huggingface_roformer_directory(tmp_path):
 
 
 def test_table2_report_pairs_the_encoders_by_seed(tmp_path, tok):
-    """The report's paired rows: BERT's per-seed scores minus RoFormer's, with a Student-t interval computed
-    here from the saved grids."""
+    """Table 2 over every pre-training seed: the encoder of pre-training seed k is fine-tuned with fine-tuning
+    seed k (its score is seed k of a plain grid fine-tune of that encoder), and the report's paired rows are
+    BERT's per-seed scores minus RoFormer's, with a Student-t interval computed here from those grids."""
     from scipy import stats
 
     from roformer.experiments import glue
@@ -148,10 +149,22 @@ def test_table2_report_pairs_the_encoders_by_seed(tmp_path, tok):
     require_data("mrpc")
     models = tmp_path / "mlm"
     for name in ("bert", "roformer"):
-        tiny_encoder_dir(models / name / "seed0" / "model", tok)
+        for seed in (0, 1):
+            tiny_encoder_dir(models / name / f"seed{seed}" / "model", tok)
     out = tmp_path / "glue"
     results = glue.run("smoke", out=out, models=models, tasks=("mrpc",))
+    expected = {}
+    for name in ("bert", "roformer"):
+        per_seed = []
+        for seed in (0, 1):
+            grid = finetune_task(models / name / f"seed{seed}" / "model", "mrpc", "smoke",
+                                 out=tmp_path / "alone" / name / f"seed{seed}", seeds=2)["grid"]["0.0001"]
+            per_seed.append(grid[seed])
+        expected[name] = per_seed
     bert, rof = (results[name]["mrpc"]["grid"]["0.0001"] for name in ("BERT (ours)", "RoFormer (ours)"))
+    assert (bert, rof) == (expected["bert"], expected["roformer"])
+    assert results["BERT (ours)"]["mrpc"]["seeds"] == [0, 1]
+    assert sorted(p.name for p in (out / "roformer").iterdir()) == ["seed0", "seed1"]
     diffs = [a - b for a, b in zip(bert, rof, strict=True)]
     mean = sum(diffs) / len(diffs)
     sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
@@ -160,3 +173,22 @@ def test_table2_report_pairs_the_encoders_by_seed(tmp_path, tok):
     row = next(line for line in report.splitlines() if line.startswith("| MRPC (F1) | BERT (ours)"))
     assert f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]" in row
     assert ", ".join(f"{v:.1f}" for v in bert) in row
+
+
+def test_table2_needs_every_pre_training_seeds_model(tmp_path, tok):
+    """The encoders are paired by pre-training seed: seeds missing for one encoder, or a seed's run without its
+    model (weights are not committed), are one line naming the directory and the command that trains it."""
+    from roformer.errors import MissingFile
+    from roformer.experiments import glue
+
+    models = tmp_path / "mlm"
+    with pytest.raises(MissingFile, match="no pre-training runs in"):
+        glue.run("smoke", out=tmp_path / "glue0", models=models, tasks=("mrpc",))
+    for name in ("bert", "roformer"):
+        tiny_encoder_dir(models / name / "seed0" / "model", tok)
+    (models / "roformer" / "seed1").mkdir()
+    with pytest.raises(MissingFile, match=r"BERT seeds \[0\] but RoFormer seeds \[0, 1\]"):
+        glue.run("smoke", out=tmp_path / "glue1", models=models, tasks=("mrpc",))
+    (models / "bert" / "seed1").mkdir()
+    with pytest.raises(MissingFile, match=r"no pre-trained model in .*bert/seed1/model .*--resume"):
+        glue.run("smoke", out=tmp_path / "glue2", models=models, tasks=("mrpc",))

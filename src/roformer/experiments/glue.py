@@ -4,7 +4,9 @@
 grid of learning rates x seeds, as the paper does (3 epochs, batch 32, lr in {2,3,4,5}e-5, 3 seeds, the
 learning rate with the best mean reported as mean +- std). ``run`` does this for the BERT baseline and RoFormer
 from our own pre-training (``roformer experiment mlm``) on every task and writes Table 2 with the paper's
-figures beside ours.
+figures beside ours. It fine-tunes the encoder of every pre-training seed k once, with fine-tuning seed k, so
+that the spread over seeds, and the interval of the paired difference, hold the variance of pre-training as
+well as that of fine-tuning (the paper reports one pre-trained model and 3 fine-tuning seeds).
 
 Inputs are ``[CLS] A [SEP] (B [SEP])``. Over-long inputs are cut to the maximum length by the longest-first
 rule: a token is removed from the end of the longer of the two texts until the pair fits. Every run scores
@@ -26,7 +28,7 @@ import torch
 from ..data.glue import TASKS, Encoded, TaskData, encode, load_task, predict, score
 from ..data.registry import DataUnavailable
 from ..data.tokenizer import check_tokenizer, load_tokenizer, save_tokenizer
-from ..errors import InvalidArgument, MissingFile
+from ..errors import InvalidArgument
 from ..io import atomic_write, atomic_write_text
 from ..models import RoFormerForSequenceClassification
 from ..models.saving import read_model_config
@@ -34,6 +36,7 @@ from ..report import markdown_table, seed_rows
 from ..train import RunDirectory, is_main_process
 from ..train.finetune import FineTune, finetune
 from . import choose_preset, owns_run
+from .mlm import saved_encoder_seeds
 from .seeds import record_digest
 
 __all__ = ["PRESETS", "PAPER_TABLE2", "finetune_task", "run"]
@@ -116,8 +119,13 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
     if task not in TASKS:
         raise InvalidArgument(f"unknown GLUE task {task!r}; known: {', '.join(TASKS)}")
     p = choose_preset(PRESETS, preset)
-    lrs, seeds = tuple(lrs or p["lrs"]), seeds or p["seeds"]
-    model_dir, out = Path(model_dir), Path(out)
+    return _finetune_grid(Path(model_dir), task, p, preset, data_dir, Path(out), resume, device, dtype, max_steps,
+                          tuple(lrs or p["lrs"]), tuple(range(seeds or p["seeds"])))
+
+
+def _finetune_grid(model_dir: Path, task: str, p: dict, preset: str, data_dir, out: Path, resume: bool, device: str,
+                   dtype: str | None, max_steps: int | None, lrs: tuple, seeds: tuple[int, ...]) -> dict:
+    """:func:`finetune_task` for the fine-tuning seeds ``seeds``."""
     metric = TASKS[task].metric
     tok = load_tokenizer(model_dir)  # a mismatched encoder is an error whether or not the task's data is here
     config = read_model_config(model_dir)
@@ -145,13 +153,13 @@ def finetune_task(model_dir: str | Path, task: str, preset: str = "small", data_
 
 
 def _grid(owner: RunDirectory, model_dir: Path, encoder: str, task: str, tok, data: TaskData, train: Encoded,
-          valid: Encoded, mismatched: Encoded | None, pad_id: int, p: dict, lrs: tuple, seeds: int, device: str,
-          dtype: str | None, resume: bool, max_steps: int | None) -> dict:
+          valid: Encoded, mismatched: Encoded | None, pad_id: int, p: dict, lrs: tuple, seeds: tuple[int, ...],
+          device: str, dtype: str | None, resume: bool, max_steps: int | None) -> dict:
     out, metric, num_labels = owner.path, TASKS[task].metric, data.num_labels
-    grid: dict[str, list[float]] = {}
+    grid: dict[str, list[float]] = {}  # learning rate -> score per seed, in the order of ``seeds``
     grid_mismatched: dict[str, list[float]] = {}
     for lr in lrs:
-        for seed in range(seeds):
+        for seed in seeds:
             final = _finetune_once(model_dir, encoder, task, num_labels, train, valid, mismatched, pad_id, p, lr,
                                    seed, out / f"lr{lr:g}_seed{seed}", device, dtype, resume, max_steps)
             grid.setdefault(f"{lr:g}", []).append(final[metric])
@@ -160,9 +168,9 @@ def _grid(owner: RunDirectory, model_dir: Path, encoder: str, task: str, tok, da
             print(f"{task} lr {lr:g} seed {seed}: {metric} {final[metric]:.2f}", flush=True)
     mean = {lr: statistics.fmean(v) for lr, v in grid.items()}
     best = max(mean, key=mean.get)
-    best_seed = max(range(seeds), key=lambda s: grid[best][s])
+    best_seed = max(seeds, key=lambda s: grid[best][seeds.index(s)])
     for lr in grid:  # keep one fine-tuned model: the best seed of the best learning rate
-        for seed in range(seeds):
+        for seed in seeds:
             if (lr, seed) != (best, best_seed):
                 shutil.rmtree(out / f"lr{lr}_seed{seed}" / "model", ignore_errors=True)
     best_dir = out / f"lr{best}_seed{best_seed}" / "model"
@@ -177,12 +185,13 @@ def _grid(owner: RunDirectory, model_dir: Path, encoder: str, task: str, tok, da
     result = {
         "task": task, "metric": metric, "majority_class": majority, "model": str(model_dir), "grid": grid,
         "best_lr": float(best),
-        "mean": mean[best], "std": statistics.stdev(grid[best]) if seeds > 1 else 0.0,
+        "seeds": list(seeds), "mean": mean[best], "std": statistics.stdev(grid[best]) if len(seeds) > 1 else 0.0,
         "train_examples": len(train), "validation_examples": len(valid),
         "truncated": {"train": train.truncated, "validation": valid.truncated},
         "split_rule": data.split_rule, "malformed_rows": data.malformed,
     }
     if grid_mismatched:  # at the learning rate chosen on the matched set
+        result["grid_mismatched"] = grid_mismatched
         result["mismatched_mean"] = statistics.fmean(grid_mismatched[best])
     owner.write_json("results.json", result)
     return result
@@ -196,25 +205,40 @@ def _cell(result: dict) -> str:
     return f"{result['mean']:.1f} ± {result['std']:.1f}"
 
 
+def _across_seeds(per_seed: list[dict]) -> dict:
+    """One encoder's results on one task over its pre-training seeds (each fine-tuned once, with its own seed)
+    as one grid: learning rate -> score per pre-training seed; the best learning rate by the mean."""
+    first = per_seed[0]
+    if "absent" in first:
+        return first
+    grid = {lr: [r["grid"][lr][0] for r in per_seed] for lr in first["grid"]}
+    best = max(grid, key=lambda lr: statistics.fmean(grid[lr]))
+    result = {k: first[k] for k in ("task", "metric", "majority_class", "train_examples", "validation_examples",
+                                    "truncated", "split_rule", "malformed_rows")}
+    result |= {"models": [r["model"] for r in per_seed], "seeds": [r["seeds"][0] for r in per_seed], "grid": grid,
+               "best_lr": float(best), "mean": statistics.fmean(grid[best]),
+               "std": statistics.stdev(grid[best]) if len(per_seed) > 1 else 0.0}
+    if "grid_mismatched" in first:  # at the learning rate chosen on the matched set
+        result["grid_mismatched"] = {lr: [r["grid_mismatched"][lr][0] for r in per_seed] for lr in grid}
+        result["mismatched_mean"] = statistics.fmean(result["grid_mismatched"][best])
+    return result
+
+
 @owns_run
 def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", resume: bool = False,
         device: str = "cpu", dtype: str | None = None, max_steps: int | None = None, command: str = "",
         models: str | Path = "reports/mlm", tasks=TABLE2_ORDER) -> dict:
     """Table 2: fine-tune the BERT baseline and RoFormer pre-trained by ``roformer experiment mlm`` (found in
-    ``models``/{bert,roformer}/seed0/model: the first pre-training seed) on each task and write
-    ``out``/report.md and a bar chart."""
+    ``models``/{bert,roformer}/seed<k>/model) on each task and write ``out``/report.md and a bar chart. The
+    encoder of pre-training seed k is fine-tuned with fine-tuning seed k, in ``out``/<encoder>/seed<k>/<task>."""
     p = choose_preset(PRESETS, preset)
     out, models = Path(out), Path(models)
-    pretrained = {"BERT (ours)": models / "bert" / "seed0" / "model",
-                  "RoFormer (ours)": models / "roformer" / "seed0" / "model"}
-    for path in pretrained.values():
-        if not (path / "config.json").is_file():
-            raise MissingFile(f"no pre-trained model in {path}: run `roformer experiment mlm --out {models}` "
-                              "first (or pass --models)")
-    results = {name: {task: finetune_task(path, task, preset, data_dir, out / name.split()[0].lower() / task,
-                                          resume, device, dtype, max_steps)
-                      for task in tasks}
-               for name, path in pretrained.items()}
+    seeds = saved_encoder_seeds(models)
+    results = {name: {task: _across_seeds([
+        _finetune_grid(models / key / f"seed{seed}" / "model", task, p, preset, data_dir,
+                       out / key / f"seed{seed}" / task, resume, device, dtype, max_steps, p["lrs"], (seed,))
+        for seed in seeds]) for task in tasks}
+        for name, key in (("BERT (ours)", "bert"), ("RoFormer (ours)", "roformer"))}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     _plot(results, out / "glue.png")
     rows = [{"model": name, **{TASK_TITLES[t]: _cell(r[t]) for t in tasks}} for name, r in results.items()]
@@ -223,7 +247,7 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
                                                if first[t]["majority_class"] is None
                                                else f"{first[t]['majority_class']:.1f}" for t in tasks}})
     rows += [{"model": name, **{TASK_TITLES[t]: paper[t] for t in tasks}} for name, paper in PAPER_TABLE2.items()]
-    paired = []  # seed k of each encoder's fine-tune shares the head's initialisation and the data order
+    paired = []  # seed k: both encoders' pre-training seed, and their fine-tunes' head initialisation and order
     for task in tasks:
         if any("absent" in r[task] for r in results.values()):
             continue
@@ -247,16 +271,19 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/glue", res
     text = [
         "# §4.3 GLUE fine-tuning (Table 2)", "",
         f"Produced by: `{command or f'roformer experiment glue --preset {preset}'}`", "",
-        f"Preset `{preset}`: the BERT baseline and RoFormer of `{models}` (our MLM pre-training), each "
-        f"fine-tuned on each task for {p['epochs']} epochs, batch {p['batch_size']}, inputs of at most "
-        f"{p['max_len']} tokens (pairs truncated longest-first), learning rates {', '.join(map(str, p['lrs']))} "
-        f"x {p['seeds']} seeds; the learning rate with the best mean validation score is reported as mean ± std "
-        "over its seeds (x100). The majority-class row always predicts the most frequent training label: the "
+        f"Preset `{preset}`: the BERT baseline and RoFormer of `{models}` (our MLM pre-training), pre-training "
+        f"seeds {', '.join(map(str, seeds))}; the encoder of each pre-training seed k fine-tuned once on each task, "
+        f"with fine-tuning seed k, for {p['epochs']} epochs, batch {p['batch_size']}, inputs of at most "
+        f"{p['max_len']} tokens (pairs truncated longest-first), learning rates {', '.join(map(str, p['lrs']))}; "
+        "the learning rate with the best mean validation score is reported as mean ± std over the seeds (x100), "
+        "a spread that holds the variance of pre-training as well as that of fine-tuning. The majority-class row "
+        "always predicts the most frequent training label: the "
         "floor a model must beat. The paper's rows are its arXiv v5 Table 2 (BERT-base scale, full training sets), "
         "quoted for reference, not comparable in scale.", "",
         markdown_table(rows, list(rows[0])), "", "![GLUE scores](glue.png)", "",
-        "Per fine-tuning seed, at each encoder's chosen learning rate, with the difference to RoFormer paired by "
-        "seed (95% Student-t interval over the seeds; positive: better than RoFormer):", "",
+        "Per seed (pre-training seed k, fine-tuning seed k), at each encoder's chosen learning rate, with the "
+        "difference to RoFormer paired by seed (95% Student-t interval over the seeds; positive: better than "
+        "RoFormer):", "",
         *([markdown_table(paired, list(paired[0])), ""] if paired else []), "Data:", *notes, "",
     ]
     atomic_write_text(out / "report.md", "\n".join(text))

@@ -137,6 +137,27 @@ def run(preset: str = "small", data_dir=None, out: str | Path = "runs/mlm", resu
     return results
 
 
+def saved_encoder_seeds(out: Path) -> list[int]:
+    """The pre-training seeds of a finished ``run`` in ``out``, whose encoders are saved in
+    ``out``/<variant>/seed<k>/model: the same seeds for every variant, each with its model (weights are not
+    committed: a report's are trained again by ``--resume``)."""
+    found = {name: sorted(int(d.name[4:]) for d in (out / name).glob("seed*") if d.name[4:].isdigit())
+             for name in VARIANTS}
+    if not any(found.values()):
+        raise MissingFile(f"no pre-training runs in {out} (looked for " + " and ".join(f"{name}/seed<k>" for name
+                          in VARIANTS) + f"): run `roformer experiment mlm --out {out}` first (or pass --models)")
+    if found["bert"] != found["roformer"]:
+        raise MissingFile(f"{out} holds BERT seeds {found['bert']} but RoFormer seeds {found['roformer']}: they are "
+                          f"compared seed by seed; complete the run with `roformer experiment mlm --out {out} "
+                          "--resume`")
+    for name, seeds in found.items():
+        for seed in seeds:
+            if not (out / name / f"seed{seed}" / "model" / "config.json").is_file():
+                raise MissingFile(f"no pre-trained model in {out / name / f'seed{seed}' / 'model'} (weights are not "
+                                  f"committed): train it again with `roformer experiment mlm --out {out} --resume`")
+    return found["roformer"]
+
+
 def _write_report(owner: RunDirectory, results: dict, seed_list: list[int], tok, train, valid, p: dict,
                   train_config, preset: str, command: str) -> None:
     out = owner.path
